@@ -1,0 +1,671 @@
+"""Recurrent layers with PyTorch's interface, on NumPy arrays.
+
+:class:`RNN`, :class:`LSTM` and :class:`GRU` take the same constructor
+arguments as ``torch.nn.RNN/LSTM/GRU``, accept and return the same shapes, and
+name and lay out their parameters the same way, so a PyTorch ``state_dict``
+loads as it is. Each layer also runs backpropagation through time:
+:meth:`~RNN.backward` returns the input and initial-state gradients and fills
+:attr:`~RNN.grads`, a dict keyed like :meth:`~RNN.state_dict`.
+
+Only the recursion over time runs in a compiled kernel (see
+:mod:`fastrnn._kernels`); the input projections and weight gradients are one
+BLAS matrix product each over all time steps.
+"""
+
+import numbers
+import warnings
+
+import numpy as np
+from sklearn.utils import check_random_state
+
+from . import _kernels
+from ._validation import as_float_array, check_lengths
+
+__all__ = ["RNN", "LSTM", "GRU"]
+
+_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+class _RNNBase:
+    """Shared machinery of the recurrent layers; use RNN, LSTM or GRU."""
+
+    _cell = None
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, *,
+                 nonlinearity="tanh", proj_size=0, peephole=False,
+                 dtype=np.float32, backend="auto", random_state=None):
+        name = type(self).__name__
+        for arg, value, low in [("input_size", input_size, 1),
+                                ("hidden_size", hidden_size, 1),
+                                ("num_layers", num_layers, 1),
+                                ("proj_size", proj_size, 0)]:
+            if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
+                    or value < low):
+                raise ValueError(
+                    f"{name}: {arg} must be an integer >= {low}, got {value!r}")
+        if proj_size >= hidden_size:
+            raise ValueError(f"{name}: proj_size has to be smaller than hidden_size, "
+                             f"got proj_size={proj_size}, hidden_size={hidden_size}")
+        if (not isinstance(dropout, numbers.Real) or isinstance(dropout, bool)
+                or not 0 <= dropout <= 1):
+            raise ValueError(f"{name}: dropout must be a number in [0, 1], got {dropout!r}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(f"{name}: dropout={dropout} acts between recurrent layers, "
+                          "so it has no effect with num_layers=1", UserWarning)
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"{name}: unknown nonlinearity {nonlinearity!r}; "
+                             "expected 'tanh' or 'relu'")
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"{name}: dtype must be float32 or float64, got {dtype}")
+        _kernels.resolve_backend(backend)  # fail early on an unknown backend
+
+        self.input_size = int(input_size)
+        self.hidden_size = int(hidden_size)
+        self.num_layers = int(num_layers)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.dropout = float(dropout)
+        self.bidirectional = bool(bidirectional)
+        self.nonlinearity = nonlinearity
+        self.proj_size = int(proj_size)
+        self.peephole = bool(peephole)
+        self.dtype = dtype
+        self.backend = backend
+        self.training = True
+        self._rng = check_random_state(random_state)
+        self._params = self._init_params()
+        self.grads = {}
+        self._cache = None
+
+    # ------------------------------------------------------------ parameters
+
+    @property
+    def _num_directions(self):
+        return 2 if self.bidirectional else 1
+
+    @property
+    def _state_size(self):
+        """Size of ``h``: the projection size if there is one."""
+        return self.proj_size or self.hidden_size
+
+    def _param_shapes(self):
+        """Parameter name -> shape, in PyTorch's order."""
+        G, H, R = _GATES[self._cell], self.hidden_size, self._state_size
+        shapes = {}
+        for k in range(self.num_layers):
+            in_size = self.input_size if k == 0 else R * self._num_directions
+            for sfx in ("", "_reverse")[: self._num_directions]:
+                shapes[f"weight_ih_l{k}{sfx}"] = (G * H, in_size)
+                shapes[f"weight_hh_l{k}{sfx}"] = (G * H, R)
+                if self.bias:
+                    shapes[f"bias_ih_l{k}{sfx}"] = (G * H,)
+                    shapes[f"bias_hh_l{k}{sfx}"] = (G * H,)
+                if self.proj_size:
+                    shapes[f"weight_hr_l{k}{sfx}"] = (self.proj_size, H)
+                if self.peephole:
+                    shapes[f"weight_peephole_l{k}{sfx}"] = (3, H)
+        return shapes
+
+    def _init_params(self):
+        # PyTorch's initialisation: every parameter U(-1/sqrt(H), 1/sqrt(H)).
+        bound = 1.0 / np.sqrt(self.hidden_size)
+        return {name: self._rng.uniform(-bound, bound, shape).astype(self.dtype)
+                for name, shape in self._param_shapes().items()}
+
+    def named_parameters(self):
+        """``(name, array)`` pairs of the live parameter arrays, in PyTorch's order.
+
+        The arrays are the layer's own: updating them in place (as an optimizer
+        does) changes the layer.
+        """
+        return list(self._params.items())
+
+    def state_dict(self):
+        """A copy of every parameter, keyed and shaped as in PyTorch.
+
+        Returns
+        -------
+        dict of str to ndarray
+            ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``,
+            ``bias_hh_l{k}``, ``weight_hr_l{k}`` (LSTM with ``proj_size``),
+            ``weight_peephole_l{k}`` (LSTM with ``peephole``, rows i, f, o),
+            with the suffix ``_reverse`` for the reverse direction.
+        """
+        return {name: value.copy() for name, value in self._params.items()}
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy parameters from ``state_dict`` (PyTorch names, shapes, gate order).
+
+        Parameters
+        ----------
+        state_dict : mapping of str to array-like
+            For example ``{k: v.detach().numpy() for k, v in
+            torch_lstm.state_dict().items()}``.
+        strict : bool, default=True
+            If true, a missing or unexpected key is an error; if false, only the
+            keys present are loaded and unknown ones are ignored.
+
+        Raises
+        ------
+        KeyError
+            Missing or unexpected keys (``strict=True``); the message lists them.
+        ValueError
+            A shape mismatch or a non-finite value; the message names the key
+            and both shapes. Nothing is loaded if any entry is rejected.
+        """
+        expected = self._param_shapes()
+        missing = [k for k in expected if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in expected]
+        if strict and (missing or unexpected):
+            raise KeyError(f"{type(self).__name__}.load_state_dict: missing keys "
+                           f"{missing}, unexpected keys {unexpected}")
+        new = {}
+        for name, value in state_dict.items():
+            if name not in expected:
+                continue
+            arr = np.asarray(value)
+            if arr.shape != expected[name]:
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: size mismatch for {name}: "
+                    f"expected shape {expected[name]}, got {arr.shape}")
+            new[name] = as_float_array(arr, self.dtype, f"state_dict[{name!r}]")
+        for name, arr in new.items():
+            self._params[name][...] = arr
+
+    def train(self, mode=True):
+        """Set training mode (dropout on, caches kept for :meth:`backward`)."""
+        self.training = bool(mode)
+        if not self.training:
+            self._cache = None
+        return self
+
+    def eval(self):
+        """Set inference mode: no dropout, no per-step caches."""
+        return self.train(False)
+
+    # --------------------------------------------------------------- forward
+
+    def __call__(self, x, hx=None, lengths=None):
+        return self.forward(x, hx, lengths)
+
+    def forward(self, x, hx=None, lengths=None):
+        """Run the layer over a batch of sequences.
+
+        Parameters
+        ----------
+        x : array-like of shape (T, B, input_size)
+            Or ``(B, T, input_size)`` with ``batch_first=True``, or
+            ``(T, input_size)`` for one unbatched sequence.
+        hx : array-like of shape (num_layers * num_directions, B, R), optional
+            Initial hidden state (zeros if omitted); for an LSTM a tuple
+            ``(h_0, c_0)`` with ``c_0`` of shape ``(..., B, hidden_size)``.
+            ``R`` is ``proj_size`` if set, else ``hidden_size``. Unbatched
+            input takes the state without the batch axis.
+        lengths : array-like of int of shape (B,), optional
+            Valid length of each sequence. The result equals PyTorch's
+            ``pack_padded_sequence(..., enforce_sorted=False)`` followed by
+            ``pad_packed_sequence(..., total_length=T)``: outputs past a sample's
+            end are zero, ``h_n`` is each sample's state at its own last step,
+            and the reverse direction starts at that step.
+
+        Returns
+        -------
+        output : ndarray of shape (T, B, num_directions * R)
+            (``(B, T, ...)`` with ``batch_first``), the last layer's ``h_t``.
+        h_n : ndarray of shape (num_layers * num_directions, B, R)
+            Final states; for an LSTM a tuple ``(h_n, c_n)``.
+        """
+        x, unbatched = self._check_input(x)
+        T, B, _ = x.shape
+        lengths = check_lengths(lengths, B, T, unbatched)
+        perm = None
+        if lengths is None:
+            lengths = np.full(B, T, dtype=np.int64)
+        else:
+            order = np.argsort(-lengths, kind="stable")
+            if np.any(order != np.arange(B)):
+                perm = order
+                lengths = np.ascontiguousarray(lengths[perm])
+                x = x[:, perm]
+        h0, c0 = self._check_hx(hx, B, unbatched, perm)
+
+        kernels = _kernels.get_kernels(self.backend)
+        training = self.training
+        cache = dict(perm=perm, unbatched=unbatched, lengths=lengths, layers=[],
+                     h0=h0, c0=c0) if training else None
+        h_n = np.empty_like(h0)
+        c_n = np.empty_like(c0) if c0 is not None else None
+        inp = x
+        for k in range(self.num_layers):
+            mask = None
+            if training and k > 0 and self.dropout > 0:
+                keep = 1.0 - self.dropout
+                mask = ((self._rng.random_sample(inp.shape) < keep) / keep
+                        if keep > 0 else np.zeros(inp.shape)).astype(self.dtype)
+                inp = inp * mask
+            outs, dir_caches = [], []
+            for d in range(self._num_directions):
+                idx = k * self._num_directions + d
+                h = h0[idx].copy()
+                c = c0[idx].copy() if c0 is not None else None
+                out, dcache = self._forward_direction(kernels, inp, k, d, lengths,
+                                                      h, c, training)
+                h_n[idx] = h
+                if c is not None:
+                    c_n[idx] = c
+                outs.append(out)
+                dir_caches.append(dcache)
+            if training:
+                cache["layers"].append(dict(inp=inp, mask=mask, dirs=dir_caches,
+                                            outs=outs))
+            inp = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=2)
+        self._cache = cache
+
+        output = self._to_user_layout(inp, perm, unbatched)
+        h_n = self._state_to_user(h_n, perm, unbatched)
+        if self._cell == "lstm":
+            return output, (h_n, self._state_to_user(c_n, perm, unbatched))
+        return output, h_n
+
+    def _weights(self, k, d):
+        sfx = f"l{k}" + ("_reverse" if d else "")
+        p = self._params
+        return (p[f"weight_ih_{sfx}"], p[f"weight_hh_{sfx}"],
+                p.get(f"bias_ih_{sfx}"), p.get(f"bias_hh_{sfx}"),
+                p.get(f"weight_hr_{sfx}"), p.get(f"weight_peephole_{sfx}"), sfx)
+
+    def _forward_direction(self, kernels, inp, k, d, lengths, h, c, training):
+        """One layer, one direction: input GEMM, then the recurrent kernel."""
+        T, B, D = inp.shape
+        w_ih, w_hh, b_ih, b_hh, w_hr, peep, _ = self._weights(k, d)
+        H, R, G = self.hidden_size, self._state_size, _GATES[self._cell]
+        gx = (inp.reshape(T * B, D) @ w_ih.T).reshape(T, B, G * H)
+        if self.bias:
+            gx += b_ih
+            if self._cell == "gru":
+                gx[:, :, :2 * H] += b_hh[:2 * H]  # b_hn stays in the reset product
+            else:
+                gx += b_hh
+        reverse = bool(d)
+        out = np.empty((T, B, R), self.dtype)
+        dt = self.dtype
+        none3 = np.zeros((0, 0, 0), dt)
+        cache = None
+        if self._cell == "rnn":
+            kernels.rnn_forward(gx, w_hh, lengths, reverse,
+                                self.nonlinearity == "relu", h, out)
+            cache = {}
+        elif self._cell == "lstm":
+            w_hr_k = w_hr if w_hr is not None else np.zeros((0, 0), dt)
+            peep_k = peep if peep is not None else np.zeros((0, H), dt)
+            if training:
+                gates = np.empty((T, B, 4 * H), dt)
+                cs = np.empty((T, B, H), dt)
+                hc = np.empty((T, B, H), dt) if self.proj_size else none3
+            else:
+                gates = cs = hc = none3
+            kernels.lstm_forward(gx, w_hh, w_hr_k, peep_k, lengths, reverse, training,
+                                 h, c, out, gates, cs, hc)
+            cache = dict(gates=gates, cs=cs, hc=hc, w_hr=w_hr_k, peep=peep_k)
+        else:
+            b_hn = b_hh[2 * H:] if self.bias else np.zeros(H, dt)
+            if training:
+                gates = np.empty((T, B, 3 * H), dt)
+                ghn = np.empty((T, B, H), dt)
+            else:
+                gates = ghn = none3
+            kernels.gru_forward(gx, w_hh, b_hn, lengths, reverse, training, h, out,
+                                gates, ghn)
+            cache = dict(gates=gates, ghn=ghn)
+        return out, (cache if training else None)
+
+    # -------------------------------------------------------------- backward
+
+    def backward(self, grad_output, grad_h_n=None):
+        """Backpropagate through time from the last :meth:`forward` call.
+
+        Parameters
+        ----------
+        grad_output : array-like, shape of the forward's ``output``
+            Gradient of the loss w.r.t. the output.
+        grad_h_n : array-like, shape of ``h_n``, optional
+            Gradient w.r.t. the final state (zeros if omitted). For an LSTM,
+            either a ``(grad_h_n, grad_c_n)`` tuple (either may be None) or the
+            gradient w.r.t. ``h_n`` alone.
+
+        Returns
+        -------
+        grad_x : ndarray, shape of the forward's ``x``
+        grad_hx : ndarray or tuple of ndarray
+            Gradient w.r.t. the initial state, with the structure of ``hx``
+            (a ``(grad_h0, grad_c0)`` tuple for an LSTM). It is returned also
+            when ``hx`` was omitted (the gradient w.r.t. the zero state).
+
+        Also fills :attr:`grads`, a dict keyed like :meth:`state_dict`.
+        """
+        if not self.training:
+            raise RuntimeError(f"{type(self).__name__}.backward() needs a forward pass in "
+                               "training mode, but the layer is in eval mode "
+                               "(call layer.train())")
+        cache = self._cache
+        if cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward() called before a "
+                               "training-mode forward()")
+        perm, unbatched, lengths = cache["perm"], cache["unbatched"], cache["lengths"]
+        T, B = cache["layers"][0]["inp"].shape[:2]
+        R, H, G = self._state_size, self.hidden_size, _GATES[self._cell]
+        nd = self._num_directions
+        dt = self.dtype
+
+        dy = self._from_user_layout(grad_output, (T, B, nd * R), perm, unbatched,
+                                    "grad_output")
+        gh, gc = grad_h_n, None
+        if self._cell == "lstm" and isinstance(grad_h_n, tuple):
+            if len(grad_h_n) != 2:
+                raise ValueError("grad_h_n for an LSTM must be a (grad_h_n, grad_c_n) "
+                                 f"tuple, got a tuple of {len(grad_h_n)}")
+            gh, gc = grad_h_n
+        L = self.num_layers * nd
+        dh_all = self._grad_state(gh, (L, B, R), perm, unbatched, "grad_h_n")
+        dc_all = (self._grad_state(gc, (L, B, H), perm, unbatched, "grad_c_n")
+                  if self._cell == "lstm" else None)
+
+        kernels = _kernels.get_kernels(self.backend)
+        grads = {}
+        dh0 = np.empty((L, B, R), dt)
+        dc0 = np.empty((L, B, H), dt) if dc_all is not None else None
+        for k in reversed(range(self.num_layers)):
+            layer = cache["layers"][k]
+            inp = layer["inp"]
+            D = inp.shape[2]
+            dx = np.zeros((T * B, D), dt)
+            for d in range(nd):
+                idx = k * nd + d
+                w_ih, w_hh, _, _, _, _, sfx = self._weights(k, d)
+                dcache = layer["dirs"][d]
+                out = layer["outs"][d]
+                dout = np.ascontiguousarray(dy[:, :, d * R:(d + 1) * R])
+                dh = dh_all[idx].copy()
+                dgx = np.empty((T, B, G * H), dt)
+                reverse = bool(d)
+                h0 = cache["h0"][idx]
+                if self._cell == "rnn":
+                    kernels.rnn_backward(w_hh, lengths, reverse,
+                                         self.nonlinearity == "relu", out, dout, dh, dgx)
+                    dgh = dgx
+                elif self._cell == "lstm":
+                    dc = dc_all[idx].copy()
+                    dpeep = np.empty(dcache["peep"].shape, dt)
+                    dhr = (np.empty((T, B, self.proj_size), dt) if self.proj_size
+                           else np.zeros((0, 0, 0), dt))
+                    kernels.lstm_backward(w_hh, dcache["w_hr"], dcache["peep"], lengths,
+                                          reverse, cache["c0"][idx], out, dcache["gates"],
+                                          dcache["cs"], dcache["hc"], dout, dh, dc, dgx,
+                                          dpeep, dhr)
+                    dgh = dgx
+                    dc0[idx] = dc
+                    if self.proj_size:
+                        grads[f"weight_hr_{sfx}"] = (
+                            dhr.reshape(T * B, -1).T @ dcache["hc"].reshape(T * B, H))
+                    if self.peephole:
+                        grads[f"weight_peephole_{sfx}"] = dpeep
+                else:
+                    dgh = np.empty((T, B, 3 * H), dt)
+                    kernels.gru_backward(w_hh, lengths, reverse, h0, out, dcache["gates"],
+                                         dcache["ghn"], dout, dh, dgx, dgh)
+                dh0[idx] = dh
+                dgx2 = dgx.reshape(T * B, G * H)
+                grads[f"weight_ih_{sfx}"] = dgx2.T @ inp.reshape(T * B, D)
+                grads[f"weight_hh_{sfx}"] = self._grad_w_hh(dgh, out, h0, lengths, reverse)
+                if self.bias:
+                    grads[f"bias_ih_{sfx}"] = dgx2.sum(axis=0)
+                    grads[f"bias_hh_{sfx}"] = dgh.reshape(T * B, G * H).sum(axis=0)
+                dx += dgx2 @ w_ih
+            dx = dx.reshape(T, B, D)
+            if layer["mask"] is not None:
+                dx *= layer["mask"]
+            dy = dx
+
+        self.grads = {name: grads[name] for name in self._params}
+        grad_x = self._to_user_layout(dy, perm, unbatched)
+        grad_h0 = self._state_to_user(dh0, perm, unbatched)
+        if self._cell == "lstm":
+            return grad_x, (grad_h0, self._state_to_user(dc0, perm, unbatched))
+        return grad_x, grad_h0
+
+    @staticmethod
+    def _grad_w_hh(dgh, out, h0, lengths, reverse):
+        """``sum_t dgh_t.T @ h_{t-1}`` without materialising the shifted states.
+
+        ``h_{t-1}`` is ``out`` one step back, except at each sample's first step,
+        where it is ``h0``.
+        """
+        T, B, GH = dgh.shape
+        R = out.shape[2]
+        if not reverse:
+            g = dgh[1:].reshape(-1, GH).T @ out[:-1].reshape(-1, R)
+            return g + dgh[0].T @ h0
+        # Reverse: step t is fed by t + 1; out is zero past each sample's end, so
+        # the shifted product misses exactly the first steps, t = lengths - 1.
+        g = dgh[:-1].reshape(-1, GH).T @ out[1:].reshape(-1, R)
+        return g + dgh[lengths - 1, np.arange(B)].T @ h0
+
+    # ------------------------------------------------------------ validation
+
+    def _check_input(self, x):
+        """Validate ``x``; return it time-major ``(T, B, D)`` and the unbatched flag."""
+        x = as_float_array(x, self.dtype, "input")
+        if x.ndim not in (2, 3):
+            raise ValueError(f"{type(self).__name__}: expected 2-D (unbatched) or 3-D "
+                             f"(batched) input, got {x.ndim}-D input of shape {x.shape}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"{type(self).__name__}: input.shape[-1] must be equal to "
+                             f"input_size. Expected {self.input_size}, got {x.shape[-1]}")
+        if 0 in x.shape:
+            raise ValueError(f"{type(self).__name__}: empty input of shape {x.shape}")
+        unbatched = x.ndim == 2
+        if unbatched:
+            x = x[:, None, :]
+        elif self.batch_first:
+            x = x.transpose(1, 0, 2)
+        return np.ascontiguousarray(x), unbatched
+
+    def _check_hx(self, hx, B, unbatched, perm):
+        """Validate the initial state; return ``(h0, c0)`` batched, in kernel order."""
+        L = self.num_layers * self._num_directions
+        shapes = [("h_0", (L, B, self._state_size))]
+        if self._cell == "lstm":
+            shapes.append(("c_0", (L, B, self.hidden_size)))
+            if hx is not None and (not isinstance(hx, tuple) or len(hx) != 2):
+                raise TypeError("LSTM: hx must be a tuple (h_0, c_0)")
+            parts = hx if hx is not None else (None, None)
+        else:
+            if isinstance(hx, tuple):
+                raise TypeError(f"{type(self).__name__}: hx must be an array, not a tuple")
+            parts = (hx,)
+        states = []
+        for (name, shape), value in zip(shapes, parts):
+            if value is None:
+                states.append(np.zeros(shape, self.dtype))
+                continue
+            arr = as_float_array(value, self.dtype, name)
+            want = shape[:1] + shape[2:] if unbatched else shape
+            if arr.shape != want:
+                raise ValueError(f"{type(self).__name__}: expected {name} of shape "
+                                 f"{want}, got {arr.shape}")
+            if unbatched:
+                arr = arr[:, None, :]
+            if perm is not None:
+                arr = arr[:, perm]
+            states.append(np.ascontiguousarray(arr))
+        if hx is not None and self._cell == "lstm" and (parts[0] is None) != (parts[1] is None):
+            raise ValueError("LSTM: give both h_0 and c_0, or neither")
+        return states[0], (states[1] if len(states) > 1 else None)
+
+    def _grad_state(self, value, shape, perm, unbatched, name):
+        if value is None:
+            return np.zeros(shape, self.dtype)
+        arr = as_float_array(value, self.dtype, name)
+        want = shape[:1] + shape[2:] if unbatched else shape
+        if arr.shape != want:
+            raise ValueError(f"{type(self).__name__}.backward: expected {name} of shape "
+                             f"{want}, got {arr.shape}")
+        if unbatched:
+            arr = arr[:, None, :]
+        return np.ascontiguousarray(arr[:, perm] if perm is not None else arr)
+
+    def _from_user_layout(self, value, shape, perm, unbatched, name):
+        """Inverse of :meth:`_to_user_layout` for a gradient w.r.t. the output."""
+        arr = as_float_array(value, self.dtype, name)
+        T, B, F = shape
+        want = (T, F) if unbatched else ((B, T, F) if self.batch_first else shape)
+        if arr.shape != want:
+            raise ValueError(f"{type(self).__name__}.backward: expected {name} of shape "
+                             f"{want} (the output's), got {arr.shape}")
+        if unbatched:
+            arr = arr[:, None, :]
+        elif self.batch_first:
+            arr = arr.transpose(1, 0, 2)
+        if perm is not None:
+            arr = arr[:, perm]
+        return arr
+
+    def _to_user_layout(self, y, perm, unbatched):
+        """Time-major, kernel-ordered ``y`` -> the caller's layout and batch order."""
+        if perm is not None:
+            y = y[:, np.argsort(perm)]
+        if unbatched:
+            return y[:, 0, :]
+        return np.ascontiguousarray(y.transpose(1, 0, 2)) if self.batch_first else y
+
+    @staticmethod
+    def _state_to_user(s, perm, unbatched):
+        if perm is not None:
+            s = s[:, np.argsort(perm)]
+        return s[:, 0, :] if unbatched else s
+
+    def __repr__(self):
+        extra = [f"{self.input_size}, {self.hidden_size}"]
+        for arg, default in [("num_layers", 1), ("bias", True), ("batch_first", False),
+                             ("dropout", 0.0), ("bidirectional", False),
+                             ("proj_size", 0), ("peephole", False)]:
+            if getattr(self, arg) != default:
+                extra.append(f"{arg}={getattr(self, arg)!r}")
+        if self._cell == "rnn" and self.nonlinearity != "tanh":
+            extra.append(f"nonlinearity={self.nonlinearity!r}")
+        return f"{type(self).__name__}({', '.join(extra)})"
+
+
+class RNN(_RNNBase):
+    """Elman RNN, ``h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)``.
+
+    Arguments, shapes and parameter names as ``torch.nn.RNN``; see
+    :meth:`forward` and :meth:`backward`.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+        Features per step in ``x``; units of ``h``.
+    num_layers : int, default=1
+        Stacked recurrent layers.
+    nonlinearity : {'tanh', 'relu'}, default='tanh'
+    bias : bool, default=True
+    batch_first : bool, default=False
+        Input and output as ``(B, T, F)`` instead of ``(T, B, F)``.
+    dropout : float, default=0.0
+        Dropout on the outputs of every layer but the last, in training mode.
+    bidirectional : bool, default=False
+    dtype : {numpy.float32, numpy.float64}, default=numpy.float32
+    backend : {'auto', 'reference', 'numba', 'cython'}, default='auto'
+        Kernel backend; ``'auto'`` honours :func:`fastrnn.set_backend`.
+    random_state : int, RandomState or None
+        Seeds the initialisation (PyTorch's ``U(-1/sqrt(H), 1/sqrt(H))``) and
+        the dropout masks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastrnn.nn import RNN
+    >>> rnn = RNN(4, 8, random_state=0)
+    >>> out, h_n = rnn(np.ones((5, 2, 4), dtype=np.float32))
+    >>> out.shape, h_n.shape
+    ((5, 2, 8), (1, 2, 8))
+    """
+
+    _cell = "rnn"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh",
+                 bias=True, batch_first=False, dropout=0.0, bidirectional=False, *,
+                 dtype=np.float32, backend="auto", random_state=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, nonlinearity=nonlinearity,
+                         dtype=dtype, backend=backend, random_state=random_state)
+
+
+class LSTM(_RNNBase):
+    """Long short-term memory, gate order i, f, g, o as ``torch.nn.LSTM``.
+
+    Takes the same parameters as :class:`RNN` (without ``nonlinearity``), plus:
+
+    Parameters
+    ----------
+    proj_size : int, default=0
+        If positive, ``h_t = W_hr (o_t * tanh(c_t))`` has this size
+        (parameter ``weight_hr_l{k}``), as in PyTorch.
+    peephole : bool, default=False
+        Peephole connections (not in PyTorch): per-unit vectors through which the
+        input and forget gates see ``c_{t-1}`` and the output gate sees ``c_t``;
+        parameter ``weight_peephole_l{k}`` of shape ``(3, hidden_size)``, rows
+        i, f, o.
+
+    Examples
+    --------
+    Load the weights of a PyTorch LSTM and get the same outputs:
+
+    >>> import numpy as np
+    >>> from fastrnn.nn import LSTM
+    >>> lstm = LSTM(3, 5, num_layers=2, batch_first=True, random_state=0)
+    >>> weights = lstm.state_dict()          # or {k: v.detach().numpy() for k, v in
+    >>> lstm.load_state_dict(weights)        #     torch_lstm.state_dict().items()}
+    >>> out, (h_n, c_n) = lstm(np.zeros((2, 7, 3)))
+    >>> out.shape, h_n.shape, c_n.shape
+    ((2, 7, 5), (2, 2, 5), (2, 2, 5))
+    """
+
+    _cell = "lstm"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, *,
+                 peephole=False, dtype=np.float32, backend="auto", random_state=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, proj_size=proj_size, peephole=peephole,
+                         dtype=dtype, backend=backend, random_state=random_state)
+
+
+class GRU(_RNNBase):
+    """Gated recurrent unit, PyTorch's convention and gate order r, z, n.
+
+    ``n_t = tanh(W_in x_t + b_in + r_t * (W_hn h_{t-1} + b_hn))`` and
+    ``h_t = (1 - z_t) * n_t + z_t * h_{t-1}``. Takes the same parameters as
+    :class:`RNN` (without ``nonlinearity``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastrnn.nn import GRU
+    >>> gru = GRU(3, 4, bidirectional=True, random_state=0)
+    >>> out, h_n = gru(np.zeros((6, 3)), lengths=None)   # unbatched (T, D)
+    >>> out.shape, h_n.shape
+    ((6, 8), (2, 4))
+    """
+
+    _cell = "gru"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, *,
+                 dtype=np.float32, backend="auto", random_state=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, dtype=dtype, backend=backend,
+                         random_state=random_state)

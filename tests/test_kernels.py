@@ -1,0 +1,125 @@
+"""Every kernel backend against the NumPy reference, on the same inputs.
+
+The reference itself is checked against finite differences and PyTorch in
+``test_layers.py``; here each compiled backend must reproduce it exactly (up to
+rounding) on every cell, direction, length pattern and dtype.
+"""
+
+import zlib
+
+import numpy as np
+import pytest
+
+from fastrnn._kernels import available_backends, get_kernels, reference
+
+BACKENDS = [b for b in available_backends() if b != "reference"]
+TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
+
+
+def _case(cell, dtype, seed, B=5, T=7, H=6, P=0, peephole=False, ragged=False):
+    rng = np.random.default_rng(seed)
+    G = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+    R = P or H
+
+    def a(*shape, scale=0.5):
+        return np.ascontiguousarray(rng.uniform(-scale, scale, shape).astype(dtype))
+
+    lengths = (np.sort(rng.integers(1, T + 1, B))[::-1] if ragged
+               else np.full(B, T)).astype(np.int64).copy()
+    return dict(
+        gx=a(T, B, G * H, scale=1.5), w_hh=a(G * H, R), w_hr=a(P, H) if P else a(0, 0),
+        peep=a(3, H) if peephole else a(0, H), b_hn=a(H), lengths=lengths,
+        h0=a(B, R), c0=a(B, H), dout=a(T, B, R), dhn=a(B, R), dcn=a(B, H),
+        T=T, B=B, H=H, R=R, G=G, P=P,
+    )
+
+
+def _run(k, cell, c, reverse, relu=False):
+    """Forward in training mode then backward with backend module ``k``."""
+    dt = c["gx"].dtype
+    T, B, H, R, G, P = (c[n] for n in "TBHRGP")
+    z = lambda *s: np.zeros(s, dt)  # noqa: E731
+    res = {}
+    h, out = c["h0"].copy(), z(T, B, R)
+    dh, dgx = c["dhn"].copy(), z(T, B, G * H)
+    if cell == "rnn":
+        k.rnn_forward(c["gx"], c["w_hh"], c["lengths"], reverse, relu, h, out)
+        k.rnn_backward(c["w_hh"], c["lengths"], reverse, relu, out, c["dout"], dh, dgx)
+    elif cell == "lstm":
+        cc, gates, cs = c["c0"].copy(), z(T, B, 4 * H), z(T, B, H)
+        hc, dhr = (z(T, B, H), z(T, B, P)) if P else (z(0, 0, 0), z(0, 0, 0))
+        k.lstm_forward(c["gx"], c["w_hh"], c["w_hr"], c["peep"], c["lengths"], reverse,
+                       True, h, cc, out, gates, cs, hc)
+        dc, dpeep = c["dcn"].copy(), np.full(c["peep"].shape, 7, dt)
+        k.lstm_backward(c["w_hh"], c["w_hr"], c["peep"], c["lengths"], reverse, c["c0"],
+                        out, gates, cs, hc, c["dout"], dh, dc, dgx, dpeep, dhr)
+        res.update(c=cc, gates=gates, cs=cs, hc=hc, dc=dc, dpeep=dpeep, dhr=dhr)
+    else:
+        gates, ghn, dgh = z(T, B, 3 * H), z(T, B, H), z(T, B, 3 * H)
+        k.gru_forward(c["gx"], c["w_hh"], c["b_hn"], c["lengths"], reverse, True, h, out,
+                      gates, ghn)
+        k.gru_backward(c["w_hh"], c["lengths"], reverse, c["h0"], out, gates, ghn,
+                       c["dout"], dh, dgx, dgh)
+        res.update(gates=gates, ghn=ghn, dgh=dgh)
+    res.update(h=h, out=out, dh=dh, dgx=dgx)
+    return res
+
+
+def _inference(k, cell, c, reverse, relu=False):
+    """Forward with ``training=False`` and zero-size caches."""
+    dt = c["gx"].dtype
+    h, out = c["h0"].copy(), np.zeros((c["T"], c["B"], c["R"]), dt)
+    e = np.zeros((0, 0, 0), dt)
+    if cell == "rnn":
+        k.rnn_forward(c["gx"], c["w_hh"], c["lengths"], reverse, relu, h, out)
+        return dict(h=h, out=out)
+    if cell == "lstm":
+        cc = c["c0"].copy()
+        k.lstm_forward(c["gx"], c["w_hh"], c["w_hr"], c["peep"], c["lengths"], reverse,
+                       False, h, cc, out, e, e, e)
+        return dict(h=h, c=cc, out=out)
+    k.gru_forward(c["gx"], c["w_hh"], c["b_hn"], c["lengths"], reverse, False, h, out, e, e)
+    return dict(h=h, out=out)
+
+
+VARIANTS = [
+    ("rnn", {}, False), ("rnn", {}, True),
+    ("lstm", {}, False), ("lstm", dict(peephole=True), False),
+    ("lstm", dict(P=4), False), ("lstm", dict(P=3, peephole=True), False),
+    ("gru", {}, False),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("ragged", [False, True])
+@pytest.mark.parametrize("cell,opts,relu", VARIANTS)
+def test_backend_matches_reference(backend, dtype, reverse, ragged, cell, opts, relu):
+    c = _case(cell, dtype, seed=zlib.crc32(repr((cell, opts, reverse, ragged, relu)).encode()),
+              ragged=ragged, **opts)
+    want = _run(reference, cell, c, reverse, relu)
+    got = _run(get_kernels(backend), cell, c, reverse, relu)
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, err_msg=name, **TOL[dtype])
+    inf = _inference(get_kernels(backend), cell, c, reverse, relu)
+    for name, value in inf.items():
+        np.testing.assert_allclose(value, want[name], err_msg="inference " + name,
+                                   **TOL[dtype])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_batch_of_one_and_single_step(backend, cell):
+    """B=1 (the GEMV path where a backend has one) and T=1 edge shapes."""
+    for B, T in [(1, 9), (3, 1), (1, 1)]:
+        c = _case(cell, np.float64, seed=B * 10 + T, B=B, T=T)
+        want = _run(reference, cell, c, reverse=False)
+        got = _run(get_kernels(backend), cell, c, reverse=False)
+        for name, value in want.items():
+            np.testing.assert_allclose(got[name], value, err_msg=name,
+                                       **TOL[np.float64])
+
+
+def test_reference_is_always_available():
+    assert "reference" in available_backends()

@@ -1,0 +1,297 @@
+"""The recurrent layers: gradients against finite differences, every backend
+against the reference, and behaviour of the public API."""
+
+import itertools
+import pickle
+
+import numpy as np
+import pytest
+
+from fastrnn._kernels import available_backends
+from fastrnn.nn import GRU, LSTM, RNN
+
+from conftest import CELLS, make_layer, random_lengths
+
+BACKENDS = available_backends()
+
+
+def _loss_weights(rng, out, h_n):
+    """Random linear loss ``sum(w * out) + sum(v * h_n) [+ sum(u * c_n)]``."""
+    w_out = rng.standard_normal(out.shape)
+    if isinstance(h_n, tuple):
+        return w_out, tuple(rng.standard_normal(s.shape) for s in h_n)
+    return w_out, rng.standard_normal(h_n.shape)
+
+
+def _loss(out, h_n, weights):
+    w_out, w_h = weights
+    total = np.sum(w_out * out)
+    if isinstance(h_n, tuple):
+        return total + sum(np.sum(a * b) for a, b in zip(h_n, w_h))
+    return total + np.sum(w_h * h_n)
+
+
+def _rel_err(a, b):
+    return np.linalg.norm(a - b) / max(np.linalg.norm(a), np.linalg.norm(b), 1e-300)
+
+
+def _fd_check(layer, x, hx, lengths, rng, eps=1e-6):
+    """Analytic gradients of every input, state and parameter against central
+    differences of the float64 loss."""
+    out, h_n = layer(x, hx, lengths=lengths)
+    weights = _loss_weights(rng, out, h_n)
+    gx, ghx = layer.backward(weights[0], weights[1])
+
+    def f():
+        return _loss(*layer(x, hx, lengths=lengths), weights)
+
+    def numeric(arr, count=12):
+        # Central differences on a random subset of entries (all when small).
+        flat = arr.reshape(-1)
+        idx = rng.choice(flat.size, min(count, flat.size), replace=False)
+        g = np.empty(idx.size)
+        for j, i in enumerate(idx):
+            old = flat[i]
+            flat[i] = old + eps
+            fp = f()
+            flat[i] = old - eps
+            fm = f()
+            flat[i] = old
+            g[j] = (fp - fm) / (2 * eps)
+        return idx, g
+
+    checks = [("x", x, gx)]
+    states = hx if isinstance(hx, tuple) else (hx,)
+    grads = ghx if isinstance(ghx, tuple) else (ghx,)
+    checks += [(f"hx[{i}]", s, g) for i, (s, g) in enumerate(zip(states, grads))
+               if s is not None]
+    checks += [(name, p, layer.grads[name]) for name, p in layer.named_parameters()]
+    for name, arr, analytic in checks:
+        assert analytic.shape == arr.shape, name
+        idx, g = numeric(arr)
+        err = _rel_err(g, analytic.reshape(-1)[idx])
+        assert err <= 1e-6, f"{name}: relative error {err:.2e}"
+
+
+def _initial_state(cls, layer, B, rng):
+    L = layer.num_layers * (2 if layer.bidirectional else 1)
+    h0 = rng.standard_normal((L, B, layer.proj_size or layer.hidden_size)) * 0.5
+    if cls is LSTM:
+        return (h0, rng.standard_normal((L, B, layer.hidden_size)) * 0.5)
+    return h0
+
+
+@pytest.mark.parametrize("num_layers,bidirectional,ragged",
+                         list(itertools.product([1, 2], [False, True], [False, True])))
+@pytest.mark.parametrize("name,cls,opts", CELLS, ids=[c[0] for c in CELLS])
+def test_gradients_match_finite_differences(name, cls, opts, num_layers, bidirectional,
+                                            ragged):
+    rng = np.random.default_rng([num_layers, bidirectional, ragged, len(name)])
+    T, B = 5, 3
+    layer = make_layer(cls, opts, num_layers=num_layers, bidirectional=bidirectional,
+                       dtype=np.float64, backend="reference", random_state=3)
+    if layer.peephole:  # peepholes start at the same scale as the other weights
+        for n, p in layer.named_parameters():
+            if "peephole" in n:
+                p[...] = rng.uniform(-0.5, 0.5, p.shape)
+    x = rng.standard_normal((T, B, 3))
+    lengths = random_lengths(rng, B, T) if ragged else None
+    _fd_check(layer, x, _initial_state(cls, layer, B, rng), lengths, rng)
+
+
+@pytest.mark.parametrize("name,cls,opts", CELLS, ids=[c[0] for c in CELLS])
+def test_dropout_gradient_uses_the_forward_mask(name, cls, opts, rng):
+    """With dropout the backward pass must use the same mask as the forward."""
+    layer = make_layer(cls, opts, num_layers=2, dropout=0.4, dtype=np.float64,
+                       backend="reference", random_state=0)
+    x = rng.standard_normal((4, 2, 3))
+    state = layer._rng.get_state()
+
+    class Fixed:
+        """Resets the dropout stream before each forward, so every call draws the
+        same mask."""
+
+        def __call__(self, *a, **k):
+            layer._rng.set_state(state)
+            return type(layer).forward(layer, *a, **k)
+
+    layer.forward = Fixed()
+    _fd_check(layer, x, None, None, rng)
+
+
+def _compare_layers(a, b, x, hx, lengths, rng, rtol):
+    out_a, h_a = a(x, hx, lengths=lengths)
+    out_b, h_b = b(x, hx, lengths=lengths)
+    np.testing.assert_allclose(out_b, out_a, rtol=rtol, atol=rtol * 1e-1)
+    for s_a, s_b in zip(np.atleast_1d(h_a) if not isinstance(h_a, tuple) else h_a,
+                        np.atleast_1d(h_b) if not isinstance(h_b, tuple) else h_b):
+        np.testing.assert_allclose(s_b, s_a, rtol=rtol, atol=rtol * 1e-1)
+    w = _loss_weights(rng, out_a, h_a)
+    ga = a.backward(*w)
+    gb = b.backward(*w)
+    np.testing.assert_allclose(gb[0], ga[0], rtol=rtol, atol=rtol * 1e-1)
+    for name in a.grads:
+        np.testing.assert_allclose(b.grads[name], a.grads[name], rtol=rtol,
+                                   atol=rtol * 1e-1, err_msg=name)
+
+
+GRID = list(itertools.product([1, 2], [False, True], [False, True], [False, True],
+                              [np.float32, np.float64]))
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"])
+@pytest.mark.parametrize("name,cls,opts", CELLS, ids=[c[0] for c in CELLS])
+def test_backend_layer_matches_reference(backend, name, cls, opts):
+    """The full layer (stacking, directions, layout, lengths, dtypes) with each
+    compiled backend equals the reference backend."""
+    rng = np.random.default_rng(11)
+    for num_layers, bidi, batch_first, ragged, dtype in GRID:
+        kw = dict(num_layers=num_layers, bidirectional=bidi, batch_first=batch_first,
+                  dtype=dtype, random_state=5)
+        ref = make_layer(cls, opts, backend="reference", **kw)
+        other = make_layer(cls, opts, backend=backend, **kw)
+        T, B = 6, 4
+        x = rng.standard_normal((B, T, 3) if batch_first else (T, B, 3))
+        lengths = random_lengths(rng, B, T) if ragged else None
+        rtol = 1e-4 if dtype == np.float32 else 1e-9
+        _compare_layers(ref, other, x, _initial_state(cls, ref, B, rng), lengths, rng,
+                        rtol)
+
+
+def test_required_backends_load():
+    """numba is a runtime dependency: its backend must always load."""
+    assert {"reference", "numba"} <= set(BACKENDS), BACKENDS
+
+
+# ------------------------------------------------------------------ the API
+
+
+def test_lengths_equal_to_running_each_sample_alone(rng):
+    layer = LSTM(3, 4, bidirectional=True, num_layers=2, dtype=np.float64,
+                 backend="reference", random_state=0)
+    x = rng.standard_normal((6, 3, 3))
+    lengths = np.array([2, 6, 4])
+    out, (h, c) = layer(x, lengths=lengths)
+    for b, n in enumerate(lengths):
+        out_b, (h_b, c_b) = layer(x[:n, b])
+        np.testing.assert_allclose(out[:n, b], out_b, rtol=1e-12)
+        assert np.all(out[n:, b] == 0)
+        np.testing.assert_allclose(h[:, b], h_b, rtol=1e-12)
+        np.testing.assert_allclose(c[:, b], c_b, rtol=1e-12)
+
+
+def test_eval_mode_keeps_no_cache_and_has_no_dropout(rng):
+    layer = GRU(3, 4, num_layers=2, dropout=0.5, random_state=0).eval()
+    x = rng.standard_normal((5, 2, 3))
+    a, _ = layer(x)
+    b, _ = layer(x)
+    np.testing.assert_array_equal(a, b)
+    assert layer._cache is None
+    with pytest.raises(RuntimeError, match="eval mode"):
+        layer.backward(np.ones_like(a))
+    layer.train()
+    c, _ = layer(x)
+    assert not np.allclose(a, c), "dropout must act in training mode"
+
+
+def test_state_dict_round_trip_and_errors():
+    a = LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2, random_state=0)
+    b = LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2, random_state=1)
+    b.load_state_dict(a.state_dict())
+    for (n, p), (m, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert n == m
+        np.testing.assert_array_equal(p, q)
+    sd = a.state_dict()
+    sd["weight_hh_l1_reverse"] = np.zeros((16, 3))
+    with pytest.raises(ValueError, match=r"weight_hh_l1_reverse.*\(16, 2\).*\(16, 3\)"):
+        b.load_state_dict(sd)
+    sd = a.state_dict()
+    sd["weight_xx_l0"] = sd.pop("weight_ih_l0")
+    with pytest.raises(KeyError, match="weight_ih_l0.*weight_xx_l0"):
+        b.load_state_dict(sd)
+    sd = a.state_dict()
+    sd["bias_ih_l0"][0] = np.nan
+    before = b.state_dict()
+    with pytest.raises(ValueError, match="NaN"):
+        b.load_state_dict(sd)
+    for n, p in b.named_parameters():
+        np.testing.assert_array_equal(p, before[n])  # nothing half-loaded
+
+
+def test_pickle_round_trip(rng):
+    layer = GRU(3, 4, random_state=0).eval()
+    x = rng.standard_normal((5, 2, 3))
+    again = pickle.loads(pickle.dumps(layer))
+    np.testing.assert_array_equal(layer(x)[0], again(x)[0])
+
+
+def test_same_random_state_same_weights():
+    a, b = RNN(3, 4, random_state=42), RNN(3, 4, random_state=42)
+    for (_, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_dtype_is_kept():
+    layer = LSTM(3, 4, dtype=np.float64)
+    out, (h, c) = layer(np.zeros((2, 1, 3), np.float32))
+    assert out.dtype == h.dtype == np.float64
+    out, _ = LSTM(3, 4)(np.zeros((2, 1, 3)))
+    assert out.dtype == np.float32
+
+
+@pytest.mark.parametrize("bad,err,match", [
+    (np.zeros((5,)), ValueError, "2-D.*3-D.*1-D"),
+    (np.zeros((1, 2, 3, 3)), ValueError, "4-D"),
+    (np.zeros((4, 2, 5)), ValueError, "Expected 3, got 5"),
+    (np.zeros((0, 2, 3)), ValueError, "empty"),
+    (np.full((4, 2, 3), np.nan), ValueError, "NaN or infinity"),
+    (np.full((4, 2, 3), np.inf), ValueError, "NaN or infinity"),
+    (np.zeros((4, 2, 3), complex), TypeError, "real numbers"),
+    (np.array([["a"]]), TypeError, "real numbers"),
+])
+def test_bad_input_is_rejected(bad, err, match):
+    with pytest.raises(err, match=match):
+        LSTM(3, 4)(bad)
+
+
+@pytest.mark.parametrize("lengths,match", [
+    ([3, 0], "lengths\\[1\\] = 0"),
+    ([3, 5], "lengths\\[1\\] = 5"),
+    ([3], "shape \\(2,\\)"),
+    ([[3, 3]], "shape \\(2,\\)"),
+    ([1.5, 2], "integers"),
+])
+def test_bad_lengths_are_rejected(lengths, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        GRU(3, 4)(np.zeros((4, 2, 3)), lengths=lengths)
+
+
+def test_bad_state_is_rejected():
+    with pytest.raises(ValueError, match=r"h_0 of shape \(2, 2, 4\), got \(1, 2, 4\)"):
+        GRU(3, 4, num_layers=2)(np.zeros((4, 2, 3)), np.zeros((1, 2, 4)))
+    with pytest.raises(ValueError, match=r"c_0 of shape \(1, 2, 4\), got \(1, 2, 3\)"):
+        LSTM(3, 4)(np.zeros((4, 2, 3)), (np.zeros((1, 2, 4)), np.zeros((1, 2, 3))))
+    with pytest.raises(TypeError, match="tuple"):
+        LSTM(3, 4)(np.zeros((4, 2, 3)), np.zeros((1, 2, 4)))
+    with pytest.raises(ValueError, match="NaN"):
+        RNN(3, 4)(np.zeros((4, 2, 3)), np.full((1, 2, 4), np.nan))
+
+
+def test_backward_misuse_is_rejected():
+    layer = LSTM(3, 4)
+    with pytest.raises(RuntimeError, match="before"):
+        layer.backward(np.zeros((4, 2, 4)))
+    out, _ = layer(np.zeros((4, 2, 3)))
+    with pytest.raises(ValueError, match=r"grad_output of shape \(4, 2, 4\)"):
+        layer.backward(np.zeros((4, 2, 5)))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(input_size=0, hidden_size=4), "input_size"),
+    (dict(input_size=3, hidden_size=4, proj_size=4), "proj_size"),
+    (dict(input_size=3, hidden_size=4, dropout=1.5), "dropout"),
+    (dict(input_size=3, hidden_size=4, backend="fortran"), "unknown backend"),
+])
+def test_bad_constructor_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LSTM(**kwargs)
