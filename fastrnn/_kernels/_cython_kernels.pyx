@@ -1,0 +1,790 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False
+"""Cython backend: the kernel contract compiled ahead of time.
+
+Same six functions, argument order and in-place semantics as
+:mod:`fastrnn._kernels.reference` (see :mod:`fastrnn._kernels` for the
+contract). Each public function checks shapes (cheap, O(B)), allocates its work
+buffers once, then runs the whole time loop ``with nogil``: per step one BLAS
+call for the recurrent product on the active prefix of the batch (GEMM, or GEMV
+when a single sample is active), then short element-wise loops over the gates.
+
+Transcendentals. Every nonlinearity is a ``tanh`` (the sigmoid is
+``0.5 * tanh(0.5 * x) + 0.5``, finite for any input, the reference's formula).
+A scalar libm ``tanh`` call cannot be vectorised by the compiler without
+``-ffast-math``/libmvec and costs ~14 ns, ten times NumPy's SIMD ``np.tanh``,
+which made a fused one-pass loop slower than the NumPy reference. So each step
+applies ``tanh`` to whole rows of gates at once through NumPy's own float32 /
+float64 ``tanh`` inner loop (the C function behind ``np.tanh``, taken from the
+ufunc's public loop table and called without the GIL): the same function as
+the reference, hence bit-identical transcendentals, with NumPy's run-time CPU
+dispatch (SSE/AVX2/AVX-512). The arithmetic between those calls is plain
+loops without calls or branches, which gcc vectorises. If the loop cannot be
+found or does not reproduce ``np.tanh`` bit for bit at import, libm's
+``tanhf``/``tanh`` is used instead (see ``TANH_SOURCE``).
+
+Row-major arrays are handed to the column-major BLAS as their transposes: a
+C-contiguous ``(rows, cols)`` matrix is a Fortran ``(cols, rows)`` matrix with
+leading dimension ``cols``.
+"""
+
+cimport numpy as cnp
+from cython cimport floating
+from libc.math cimport tanh, tanhf
+from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
+from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
+
+import numpy as np
+
+cnp.import_array()
+
+
+# --------------------------------------------------------------- tanh loops
+
+# NumPy's 1-d inner-loop signature, declared callable without the GIL
+ctypedef void (*_loop_fn)(char**, const cnp.npy_intp*, const cnp.npy_intp*,
+                          void*) noexcept nogil
+
+
+cdef void _libm_tanh_f(char** args, const cnp.npy_intp* dims,
+                       const cnp.npy_intp* steps, void* data) noexcept nogil:
+    cdef cnp.npy_intp k
+    for k in range(dims[0]):
+        (<float*>(args[1] + k * steps[1]))[0] = tanhf(
+            (<float*>(args[0] + k * steps[0]))[0])
+
+
+cdef void _libm_tanh_d(char** args, const cnp.npy_intp* dims,
+                       const cnp.npy_intp* steps, void* data) noexcept nogil:
+    cdef cnp.npy_intp k
+    for k in range(dims[0]):
+        (<double*>(args[1] + k * steps[1]))[0] = tanh(
+            (<double*>(args[0] + k * steps[0]))[0])
+
+
+cdef _loop_fn _tanh_loop_f = _libm_tanh_f
+cdef _loop_fn _tanh_loop_d = _libm_tanh_d
+cdef void* _tanh_data_f = NULL
+cdef void* _tanh_data_d = NULL
+
+
+cdef inline void _vtanh(const floating* x, floating* y,
+                        Py_ssize_t n) noexcept nogil:
+    """``y[:n] = tanh(x[:n])`` (``y`` may be ``x``) with the selected loop."""
+    cdef char* args[2]
+    cdef cnp.npy_intp dim = n
+    cdef cnp.npy_intp steps[2]
+    if n <= 0:
+        return
+    args[0] = <char*>x
+    args[1] = <char*>y
+    steps[0] = sizeof(floating)
+    steps[1] = sizeof(floating)
+    if floating is float:
+        _tanh_loop_f(args, &dim, steps, _tanh_data_f)
+    else:
+        _tanh_loop_d(args, &dim, steps, _tanh_data_d)
+
+
+def _probe_values(dtype):
+    """Inputs on which the NumPy loop must reproduce ``np.tanh`` exactly."""
+    rng = np.random.default_rng(0)
+    special = [0.0, -0.0, 1e-30, -1e-30, 1e-8, 0.5, -0.5, 9.0, -9.0, 20.0, -20.0,
+               1e5, -1e5, np.inf, -np.inf, np.nan]
+    return np.concatenate([rng.normal(0.0, 3.0, 1021), special]).astype(dtype)
+
+
+cdef str _select_numpy_tanh():
+    """Point the tanh loops at NumPy's own; return a description of the choice."""
+    global _tanh_loop_f, _tanh_loop_d, _tanh_data_f, _tanh_data_d
+    cdef cnp.ufunc uf = np.tanh
+    cdef int k, typenum
+    cdef _loop_fn loops[2]
+    cdef void* data[2]
+    cdef cnp.ndarray x, y
+    for slot, (typenum, dtype) in enumerate(
+            [(cnp.NPY_FLOAT, np.float32), (cnp.NPY_DOUBLE, np.float64)]):
+        # the first matching entry is the one np.tanh resolves to
+        for k in range(uf.ntypes):
+            if (uf.nin == 1 and uf.nout == 1 and uf.types[2 * k] == typenum
+                    and uf.types[2 * k + 1] == typenum):
+                break
+        else:
+            return f"libm (np.tanh has no {np.dtype(dtype).name} loop)"
+        if uf.functions[k] == NULL:
+            return "libm (np.tanh loop is NULL)"
+        loops[slot] = <_loop_fn><void*>uf.functions[k]
+        data[slot] = uf.data[k]
+    # self-check: the loops must reproduce np.tanh bit for bit
+    _tanh_loop_f, _tanh_loop_d = loops[0], loops[1]
+    _tanh_data_f, _tanh_data_d = data[0], data[1]
+    for dtype in (np.float32, np.float64):
+        x = _probe_values(dtype)
+        y = np.empty_like(x)
+        if dtype == np.float32:
+            _vtanh(<float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(y), x.shape[0])
+        else:
+            _vtanh(<double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(y),
+                   x.shape[0])
+        if y.tobytes() != np.tanh(x).tobytes():
+            _tanh_loop_f, _tanh_loop_d = _libm_tanh_f, _libm_tanh_d
+            _tanh_data_f = _tanh_data_d = NULL
+            return "libm (NumPy's tanh loop did not reproduce np.tanh)"
+    return "numpy"
+
+
+#: Which ``tanh`` the kernels use: ``'numpy'`` (NumPy's SIMD inner loop, the
+#: reference's own function) or ``'libm (reason)'`` for the scalar fallback.
+TANH_SOURCE = _select_numpy_tanh()
+
+
+# ------------------------------------------------------------------ helpers
+
+
+cdef inline Py_ssize_t _n_active(const int64_t* lengths, Py_ssize_t B,
+                                 Py_ssize_t t) noexcept nogil:
+    """Number of samples active at step ``t``: ``lengths`` is non-increasing, so
+    they are the prefix ``b < #{lengths > t}`` (binary search)."""
+    cdef Py_ssize_t lo = 0, hi = B, mid
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if lengths[mid] > t:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef inline bint _first_step(const int64_t* lengths, Py_ssize_t b, Py_ssize_t t,
+                             bint reverse) noexcept nogil:
+    """Whether step ``t`` is sample ``b``'s first (its state before is the initial one)."""
+    return t == lengths[b] - 1 if reverse else t == 0
+
+
+cdef inline int _ld(Py_ssize_t n) noexcept nogil:
+    """Leading dimension for BLAS: at least 1, even for an empty matrix."""
+    return <int>n if n > 1 else 1
+
+
+cdef void _matmul_nt(floating* c, const floating* a, const floating* w,
+                     Py_ssize_t n, Py_ssize_t m, Py_ssize_t k,
+                     floating beta) noexcept nogil:
+    """``c (n, m) = a (n, k) @ w.T + beta * c`` with ``w`` (m, k), all C-contiguous.
+
+    Column-major: ``c.T (m, n) = w (m, k) @ a.T (k, n)``; ``w`` in memory is the
+    Fortran matrix ``w.T`` (k, m), hence ``'T'``. GEMV when ``n == 1``."""
+    cdef int n_ = <int>n, m_ = <int>m, k_ = <int>k
+    cdef int ldk = _ld(k), ldm = _ld(m), one = 1
+    cdef floating alpha = 1
+    cdef char *tr = b"T"
+    cdef char *nt = b"N"
+    if n == 1:
+        if floating is float:
+            sgemv(tr, &k_, &m_, &alpha, <float*>w, &ldk, <float*>a, &one,
+                  &beta, c, &one)
+        else:
+            dgemv(tr, &k_, &m_, &alpha, <double*>w, &ldk, <double*>a, &one,
+                  &beta, c, &one)
+    else:
+        if floating is float:
+            sgemm(tr, nt, &m_, &n_, &k_, &alpha, <float*>w, &ldk, <float*>a, &ldk,
+                  &beta, c, &ldm)
+        else:
+            dgemm(tr, nt, &m_, &n_, &k_, &alpha, <double*>w, &ldk, <double*>a, &ldk,
+                  &beta, c, &ldm)
+
+
+cdef void _matmul_nn(floating* c, const floating* a, const floating* w,
+                     Py_ssize_t n, Py_ssize_t m, Py_ssize_t k,
+                     floating beta) noexcept nogil:
+    """``c (n, m) = a (n, k) @ w + beta * c`` with ``w`` (k, m), all C-contiguous.
+
+    Column-major: ``c.T (m, n) = w.T (m, k) @ a.T (k, n)``; ``w`` in memory is the
+    Fortran matrix ``w.T`` (m, k), hence ``'N'``. GEMV when ``n == 1``."""
+    cdef int n_ = <int>n, m_ = <int>m, k_ = <int>k
+    cdef int ldk = _ld(k), ldm = _ld(m), one = 1
+    cdef floating alpha = 1
+    cdef char *nt = b"N"
+    if n == 1:
+        if floating is float:
+            sgemv(nt, &m_, &k_, &alpha, <float*>w, &ldm, <float*>a, &one,
+                  &beta, c, &one)
+        else:
+            dgemv(nt, &m_, &k_, &alpha, <double*>w, &ldm, <double*>a, &one,
+                  &beta, c, &one)
+    else:
+        if floating is float:
+            sgemm(nt, nt, &m_, &n_, &k_, &alpha, <float*>w, &ldm, <float*>a, &ldk,
+                  &beta, c, &ldm)
+        else:
+            dgemm(nt, nt, &m_, &n_, &k_, &alpha, <double*>w, &ldm, <double*>a, &ldk,
+                  &beta, c, &ldm)
+
+
+cdef inline void _zero(floating* p, Py_ssize_t n) noexcept nogil:
+    if n > 0:
+        memset(p, 0, <size_t>n * sizeof(floating))
+
+
+cdef inline void _copy(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
+    if n > 0:
+        memcpy(dst, src, <size_t>n * sizeof(floating))
+
+
+cdef void* _alloc(Py_ssize_t n, size_t itemsize) except NULL:
+    """``malloc`` of ``n`` items (at least one byte); MemoryError on failure."""
+    cdef void* p = malloc(<size_t>(n if n > 0 else 1) * itemsize)
+    if p == NULL:
+        raise MemoryError(f"cannot allocate a work buffer of {n} items")
+    return p
+
+
+cdef int _expect(str name, Py_ssize_t* shape, int ndim,
+                 Py_ssize_t e0, Py_ssize_t e1=-1, Py_ssize_t e2=-1) except -1:
+    """Raise ValueError unless ``shape[:ndim] == (e0, e1, e2)[:ndim]``."""
+    cdef Py_ssize_t e[3]
+    cdef int d
+    e[0] = e0
+    e[1] = e1
+    e[2] = e2
+    for d in range(ndim):
+        if shape[d] != e[d]:
+            raise ValueError(
+                f"{name}: expected shape {tuple([e[k] for k in range(ndim)])}, "
+                f"got {tuple([shape[k] for k in range(ndim)])}")
+    return 0
+
+
+cdef int _check_lengths(const int64_t[::1] lengths, Py_ssize_t B,
+                        Py_ssize_t T) except -1:
+    """``lengths`` must have ``B`` entries in [1, T], sorted non-increasing."""
+    cdef Py_ssize_t b
+    if lengths.shape[0] != B:
+        raise ValueError(f"lengths: expected {B} entries, got {lengths.shape[0]}")
+    for b in range(B):
+        if lengths[b] < 1 or lengths[b] > T or (b > 0 and lengths[b] > lengths[b - 1]):
+            raise ValueError(
+                f"lengths must be sorted non-increasing with every entry in "
+                f"[1, {T}]; got lengths[{b}] = {lengths[b]}"
+                + (f" after {lengths[b - 1]}" if b > 0 else ""))
+    return 0
+
+
+# --------------------------------------------------------------------- RNN
+
+
+def rnn_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
+                const int64_t[::1] lengths, bint reverse, bint relu,
+                floating[:, ::1] h, floating[:, :, ::1] out):
+    """Vanilla RNN forward ``h_t = act(gx_t + h_{t-1} @ W_hh.T)``; fills ``out``, ``h``."""
+    cdef Py_ssize_t T = gx.shape[0], B = gx.shape[1], H = gx.shape[2]
+    _expect("w_hh", w_hh.shape, 2, H, H)
+    _expect("h", h.shape, 2, B, H)
+    _expect("out", out.shape, 3, T, B, H)
+    _check_lengths(lengths, B, T)
+    if T == 0 or B == 0:
+        return
+    cdef const floating* gx_p = &gx[0, 0, 0]
+    cdef const floating* w_p = &w_hh[0, 0]
+    cdef const int64_t* len_p = &lengths[0]
+    cdef floating* h_p = &h[0, 0]
+    cdef floating* out_p = &out[0, 0, 0]
+    cdef Py_ssize_t s, t, k, nb
+    cdef const floating* gt
+    cdef floating a, zero = 0
+    cdef floating* buf = <floating*>_alloc(B * H, sizeof(floating))
+    try:
+        with nogil:
+            for s in range(T):
+                t = T - 1 - s if reverse else s
+                nb = _n_active(len_p, B, t)
+                gt = gx_p + t * B * H
+                if nb > 0:
+                    _matmul_nt(buf, h_p, w_p, nb, H, H, zero)
+                # the active rows of gx[t], buf and h are one contiguous block
+                if relu:
+                    for k in range(nb * H):
+                        a = gt[k] + buf[k]
+                        # np.maximum(a, 0): keeps a NaN, like the reference
+                        h_p[k] = zero if a < zero else a
+                else:
+                    for k in range(nb * H):
+                        h_p[k] = gt[k] + buf[k]
+                    _vtanh(h_p, h_p, nb * H)
+                _copy(out_p + t * B * H, h_p, nb * H)
+                _zero(out_p + (t * B + nb) * H, (B - nb) * H)
+    finally:
+        free(buf)
+
+
+def rnn_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
+                 bint reverse, bint relu, const floating[:, :, ::1] out,
+                 const floating[:, :, ::1] dout, floating[:, ::1] dh,
+                 floating[:, :, ::1] dgx):
+    """Vanilla RNN backward through time; fills ``dgx`` and turns ``dh`` into d h0."""
+    cdef Py_ssize_t T = out.shape[0], B = out.shape[1], H = out.shape[2]
+    _expect("w_hh", w_hh.shape, 2, H, H)
+    _expect("dout", dout.shape, 3, T, B, H)
+    _expect("dh", dh.shape, 2, B, H)
+    _expect("dgx", dgx.shape, 3, T, B, H)
+    _check_lengths(lengths, B, T)
+    if T == 0 or B == 0:
+        return
+    cdef const floating* w_p = &w_hh[0, 0]
+    cdef const int64_t* len_p = &lengths[0]
+    cdef floating* dh_p = &dh[0, 0]
+    cdef Py_ssize_t s, t, k, nb
+    cdef const floating* yt
+    cdef const floating* got
+    cdef floating* dat
+    cdef floating m, zero = 0, one = 1
+    with nogil:
+        for s in range(T):
+            # the reverse of the forward walk
+            t = s if reverse else T - 1 - s
+            nb = _n_active(len_p, B, t)
+            yt = &out[t, 0, 0]
+            got = &dout[t, 0, 0]
+            dat = &dgx[t, 0, 0]
+            if relu:
+                for k in range(nb * H):
+                    # g * (out > 0); the mask first, or gcc sees control flow
+                    m = <floating>(yt[k] > zero)
+                    dat[k] = (got[k] + dh_p[k]) * m
+            else:
+                for k in range(nb * H):
+                    dat[k] = (got[k] + dh_p[k]) * (one - yt[k] * yt[k])
+            _zero(dat + nb * H, (B - nb) * H)
+            if nb > 0:
+                # dh[:nb] = da @ W_hh (dh[:nb] was consumed above)
+                _matmul_nn(dh_p, dat, w_p, nb, H, H, zero)
+
+
+# -------------------------------------------------------------------- LSTM
+
+
+def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
+                 const floating[:, ::1] w_hr, const floating[:, ::1] peep,
+                 const int64_t[::1] lengths, bint reverse, bint training,
+                 floating[:, ::1] h, floating[:, ::1] c, floating[:, :, ::1] out,
+                 floating[:, :, ::1] gates, floating[:, :, ::1] cs,
+                 floating[:, :, ::1] hc):
+    """LSTM forward (optional peepholes and projection); fills ``out``, ``h``, ``c``
+    and, when training, the caches ``gates``, ``cs`` and ``hc``."""
+    cdef Py_ssize_t T = gx.shape[0], B = gx.shape[1], H = c.shape[1]
+    cdef Py_ssize_t G = 4 * H, R = h.shape[1]
+    cdef bint has_proj = w_hr.shape[0] > 0
+    cdef bint has_peep = peep.shape[0] > 0
+    _expect("gx", gx.shape, 3, T, B, G)
+    _expect("c", c.shape, 2, B, H)
+    _expect("w_hh", w_hh.shape, 2, G, R)
+    if has_proj:
+        _expect("w_hr", w_hr.shape, 2, R, H)
+    else:
+        _expect("h (no projection)", h.shape, 2, B, H)
+    _expect("h", h.shape, 2, B, R)
+    if has_peep:
+        _expect("peep", peep.shape, 2, 3, H)
+    _expect("out", out.shape, 3, T, B, R)
+    if training:
+        _expect("gates", gates.shape, 3, T, B, G)
+        _expect("cs", cs.shape, 3, T, B, H)
+        if has_proj:
+            _expect("hc", hc.shape, 3, T, B, H)
+    _check_lengths(lengths, B, T)
+    if T == 0 or B == 0:
+        return
+    cdef const floating* w_p = &w_hh[0, 0]
+    cdef const floating* wr_p = &w_hr[0, 0]
+    cdef const floating* p0 = &peep[0, 0]
+    cdef const floating* p1 = p0 + H
+    cdef const floating* p2 = p0 + 2 * H
+    cdef const int64_t* len_p = &lengths[0]
+    cdef floating* h_p = &h[0, 0]
+    cdef floating* c_p = &c[0, 0]
+    cdef Py_ssize_t s, t, b, j, k, nb
+    cdef const floating* gr
+    cdef floating* ar
+    cdef floating* cr
+    cdef floating* hr
+    cdef floating* tr
+    cdef floating* outt
+    cdef floating i, f, o, cp, zero = 0, one = 1, half = 0.5
+    # per active row: the recurrent product, turned in place into the
+    # pre-activations, their tanh, and finally the gates (i, f, g, o)
+    cdef floating* buf = <floating*>_alloc(B * G, sizeof(floating))
+    cdef floating* tcb = NULL     # tanh(c_t)
+    cdef floating* hcell = NULL   # o * tanh(c_t) before the projection
+    cdef floating* scale = NULL   # 1/2 for the sigmoid gates, 1 for g
+    try:
+        tcb = <floating*>_alloc(B * H, sizeof(floating))
+        scale = <floating*>_alloc(G, sizeof(floating))
+        for k in range(G):
+            scale[k] = one if 2 * H <= k < 3 * H else half
+        if has_proj:
+            hcell = <floating*>_alloc(B * H, sizeof(floating))
+        with nogil:
+            for s in range(T):
+                t = T - 1 - s if reverse else s
+                nb = _n_active(len_p, B, t)
+                outt = &out[t, 0, 0]
+                if nb > 0:
+                    _matmul_nt(buf, h_p, w_p, nb, G, R, zero)
+                for b in range(nb):
+                    gr = &gx[t, b, 0]
+                    ar = buf + b * G
+                    cr = c_p + b * H
+                    tr = tcb + b * H
+                    hr = hcell + b * H if has_proj else h_p + b * H
+                    # tanh arguments: a/2 for i, f, o (sigmoid), a for g
+                    if has_peep:
+                        for k in range(G):
+                            ar[k] = gr[k] + ar[k]
+                        for j in range(H):
+                            cp = cr[j]
+                            ar[j] = half * (ar[j] + p0[j] * cp)
+                            ar[H + j] = half * (ar[H + j] + p1[j] * cp)
+                        # o sees c_t: its argument is finished below
+                        _vtanh(ar, ar, 3 * H)
+                    else:
+                        for k in range(G):
+                            ar[k] = scale[k] * (gr[k] + ar[k])
+                        _vtanh(ar, ar, G)
+                    # i, f and the new cell state
+                    for j in range(H):
+                        i = half * ar[j] + half
+                        f = half * ar[H + j] + half
+                        ar[j] = i
+                        ar[H + j] = f
+                        cr[j] = f * cr[j] + i * ar[2 * H + j]
+                    if has_peep:
+                        for j in range(H):
+                            ar[3 * H + j] = half * (ar[3 * H + j] + p2[j] * cr[j])
+                        _vtanh(ar + 3 * H, ar + 3 * H, H)
+                    _vtanh(cr, tr, H)
+                    # o and the cell output
+                    for j in range(H):
+                        o = half * ar[3 * H + j] + half
+                        ar[3 * H + j] = o
+                        hr[j] = o * tr[j]
+                if has_proj:
+                    if nb > 0:
+                        # out[t, :nb] = h_cell @ W_hr.T, then the running state
+                        _matmul_nt(outt, hcell, wr_p, nb, R, H, zero)
+                        _copy(h_p, outt, nb * R)
+                    if training:
+                        _copy(&hc[t, 0, 0], hcell, nb * H)
+                        _zero(&hc[t, nb, 0], (B - nb) * H)
+                else:
+                    _copy(outt, h_p, nb * R)
+                _zero(outt + nb * R, (B - nb) * R)
+                if training:
+                    _copy(&gates[t, 0, 0], buf, nb * G)
+                    _zero(&gates[t, nb, 0], (B - nb) * G)
+                    _copy(&cs[t, 0, 0], c_p, nb * H)
+                    _zero(&cs[t, nb, 0], (B - nb) * H)
+    finally:
+        free(buf)
+        free(tcb)
+        free(hcell)
+        free(scale)
+
+
+def lstm_backward(const floating[:, ::1] w_hh, const floating[:, ::1] w_hr,
+                  const floating[:, ::1] peep, const int64_t[::1] lengths,
+                  bint reverse, const floating[:, ::1] c0,
+                  const floating[:, :, ::1] out, const floating[:, :, ::1] gates,
+                  const floating[:, :, ::1] cs, const floating[:, :, ::1] hc,
+                  const floating[:, :, ::1] dout, floating[:, ::1] dh,
+                  floating[:, ::1] dc, floating[:, :, ::1] dgx,
+                  floating[:, ::1] dpeep, floating[:, :, ::1] dhr):
+    """LSTM backward through time; fills ``dgx``, ``dpeep``, ``dhr`` and turns
+    ``dh``, ``dc`` into the gradients w.r.t. the initial state."""
+    cdef Py_ssize_t T = out.shape[0], B = out.shape[1], R = out.shape[2]
+    cdef Py_ssize_t H = c0.shape[1], G = 4 * H
+    cdef bint has_proj = w_hr.shape[0] > 0
+    cdef bint has_peep = peep.shape[0] > 0
+    _expect("c0", c0.shape, 2, B, H)
+    _expect("w_hh", w_hh.shape, 2, G, R)
+    if has_proj:
+        _expect("w_hr", w_hr.shape, 2, R, H)
+        _expect("dhr", dhr.shape, 3, T, B, R)
+    else:
+        _expect("out (no projection)", out.shape, 3, T, B, H)
+    if has_peep:
+        _expect("peep", peep.shape, 2, 3, H)
+        _expect("dpeep", dpeep.shape, 2, 3, H)
+    _expect("gates", gates.shape, 3, T, B, G)
+    _expect("cs", cs.shape, 3, T, B, H)
+    _expect("dout", dout.shape, 3, T, B, R)
+    _expect("dh", dh.shape, 2, B, R)
+    _expect("dc", dc.shape, 2, B, H)
+    _expect("dgx", dgx.shape, 3, T, B, G)
+    _check_lengths(lengths, B, T)
+    if has_peep:
+        dpeep[:, :] = 0
+    if T == 0 or B == 0:
+        return
+    cdef const floating* w_p = &w_hh[0, 0]
+    cdef const floating* wr_p = &w_hr[0, 0]
+    cdef const floating* p0 = &peep[0, 0]
+    cdef const floating* p1 = p0 + H
+    cdef const floating* p2 = p0 + 2 * H
+    cdef const int64_t* len_p = &lengths[0]
+    cdef floating* dh_p = &dh[0, 0]
+    cdef floating* dc_p = &dc[0, 0]
+    cdef Py_ssize_t s, t, b, j, k, nb
+    cdef const floating* gtr
+    cdef const floating* ctr
+    cdef const floating* cpr
+    cdef const floating* got
+    cdef floating* ghr
+    cdef floating* tr
+    cdef floating* dcr
+    cdef floating* dar
+    cdef floating* dhrt
+    cdef floating i, f, g, o, gh, tc, dao, gc, dai, daf, cp
+    cdef floating zero = 0, one = 1
+    cdef double* dp0 = NULL
+    cdef double* dp1 = NULL
+    cdef double* dp2 = NULL
+    cdef floating* ghbuf = NULL   # gradient w.r.t. h_cell (before the projection)
+    cdef floating* tcb = NULL     # tanh(c_t)
+    cdef double* dpacc = NULL     # peephole gradient, accumulated in double
+    try:
+        ghbuf = <floating*>_alloc(B * H, sizeof(floating))
+        tcb = <floating*>_alloc(B * H, sizeof(floating))
+        if has_peep:
+            dpacc = <double*>_alloc(3 * H, sizeof(double))
+            memset(dpacc, 0, <size_t>(3 * H) * sizeof(double))
+            dp0 = dpacc
+            dp1 = dpacc + H
+            dp2 = dpacc + 2 * H
+        with nogil:
+            for s in range(T):
+                t = s if reverse else T - 1 - s
+                nb = _n_active(len_p, B, t)
+                got = &dout[t, 0, 0]
+                # g_h = dout[t] + dh (through W_hr when projected); the active
+                # rows are one contiguous block
+                if has_proj:
+                    dhrt = &dhr[t, 0, 0]
+                    for k in range(nb * R):
+                        dhrt[k] = got[k] + dh_p[k]
+                    _zero(dhrt + nb * R, (B - nb) * R)
+                    if nb > 0:
+                        _matmul_nn(ghbuf, dhrt, wr_p, nb, H, R, zero)
+                else:
+                    for k in range(nb * H):
+                        ghbuf[k] = got[k] + dh_p[k]
+                _vtanh(&cs[t, 0, 0], tcb, nb * H)
+                for b in range(nb):
+                    gtr = &gates[t, b, 0]
+                    ctr = &cs[t, b, 0]
+                    # c_{t-1}: c0 at the sample's first step, else the cache
+                    if _first_step(len_p, b, t, reverse):
+                        cpr = &c0[b, 0]
+                    elif reverse:
+                        cpr = &cs[t + 1, b, 0]
+                    else:
+                        cpr = &cs[t - 1, b, 0]
+                    ghr = ghbuf + b * H
+                    tr = tcb + b * H
+                    dcr = dc_p + b * H
+                    dar = &dgx[t, b, 0]
+                    if has_peep:
+                        for j in range(H):
+                            i = gtr[j]
+                            f = gtr[H + j]
+                            g = gtr[2 * H + j]
+                            o = gtr[3 * H + j]
+                            gh = ghr[j]
+                            tc = tr[j]
+                            cp = cpr[j]
+                            dao = gh * tc * o * (one - o)
+                            gc = dcr[j] + gh * o * (one - tc * tc) + dao * p2[j]
+                            dai = gc * g * i * (one - i)
+                            daf = gc * cp * f * (one - f)
+                            dar[j] = dai
+                            dar[H + j] = daf
+                            dar[2 * H + j] = gc * i * (one - g * g)
+                            dar[3 * H + j] = dao
+                            dcr[j] = gc * f + dai * p0[j] + daf * p1[j]
+                            dp0[j] += dai * cp
+                            dp1[j] += daf * cp
+                            dp2[j] += dao * ctr[j]
+                    else:
+                        for j in range(H):
+                            i = gtr[j]
+                            f = gtr[H + j]
+                            g = gtr[2 * H + j]
+                            o = gtr[3 * H + j]
+                            gh = ghr[j]
+                            tc = tr[j]
+                            dao = gh * tc * o * (one - o)
+                            gc = dcr[j] + gh * o * (one - tc * tc)
+                            dar[j] = gc * g * i * (one - i)
+                            dar[H + j] = gc * cpr[j] * f * (one - f)
+                            dar[2 * H + j] = gc * i * (one - g * g)
+                            dar[3 * H + j] = dao
+                            dcr[j] = gc * f
+                _zero(&dgx[t, nb, 0], (B - nb) * G)
+                if nb > 0:
+                    # dh[:nb] = da @ W_hh (dh[:nb] was consumed above)
+                    _matmul_nn(dh_p, &dgx[t, 0, 0], w_p, nb, R, G, zero)
+        if has_peep:
+            for k in range(3):
+                for j in range(H):
+                    dpeep[k, j] = <floating>dpacc[k * H + j]
+    finally:
+        free(ghbuf)
+        free(tcb)
+        free(dpacc)
+
+
+# --------------------------------------------------------------------- GRU
+
+
+def gru_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
+                const floating[::1] b_hn, const int64_t[::1] lengths, bint reverse,
+                bint training, floating[:, ::1] h, floating[:, :, ::1] out,
+                floating[:, :, ::1] gates, floating[:, :, ::1] ghn):
+    """GRU forward, ``h_t = (1 - z) * n + z * h_{t-1}`` with
+    ``n = tanh(gx_n + r * (W_hn h_{t-1} + b_hn))``; fills ``out``, ``h`` and,
+    when training, ``gates`` and ``ghn``."""
+    cdef Py_ssize_t T = gx.shape[0], B = gx.shape[1], H = h.shape[1], G = 3 * H
+    _expect("gx", gx.shape, 3, T, B, G)
+    _expect("w_hh", w_hh.shape, 2, G, H)
+    _expect("b_hn", b_hn.shape, 1, H)
+    _expect("h", h.shape, 2, B, H)
+    _expect("out", out.shape, 3, T, B, H)
+    if training:
+        _expect("gates", gates.shape, 3, T, B, G)
+        _expect("ghn", ghn.shape, 3, T, B, H)
+    _check_lengths(lengths, B, T)
+    if T == 0 or B == 0:
+        return
+    cdef const floating* w_p = &w_hh[0, 0]
+    cdef const floating* bn_p = &b_hn[0]
+    cdef const int64_t* len_p = &lengths[0]
+    cdef floating* h_p = &h[0, 0]
+    cdef Py_ssize_t s, t, b, j, k, nb
+    cdef const floating* gr
+    cdef floating* ar
+    cdef floating* hr
+    cdef floating* hnr
+    cdef floating r, z, zero = 0, one = 1, half = 0.5
+    # per active row: W_hh h_{t-1}, turned in place into the gates (r, z, n)
+    cdef floating* buf = <floating*>_alloc(B * G, sizeof(floating))
+    cdef floating* hnb = NULL   # W_hn h_{t-1} + b_hn
+    try:
+        hnb = <floating*>_alloc(B * H, sizeof(floating))
+        with nogil:
+            for s in range(T):
+                t = T - 1 - s if reverse else s
+                nb = _n_active(len_p, B, t)
+                if nb > 0:
+                    _matmul_nt(buf, h_p, w_p, nb, G, H, zero)
+                for b in range(nb):
+                    gr = &gx[t, b, 0]
+                    ar = buf + b * G
+                    hr = h_p + b * H
+                    hnr = hnb + b * H
+                    for k in range(2 * H):
+                        ar[k] = half * (gr[k] + ar[k])
+                    for j in range(H):
+                        hnr[j] = ar[2 * H + j] + bn_p[j]
+                    _vtanh(ar, ar, 2 * H)
+                    for j in range(H):
+                        r = half * ar[j] + half
+                        ar[j] = r
+                        ar[H + j] = half * ar[H + j] + half
+                        ar[2 * H + j] = gr[2 * H + j] + r * hnr[j]
+                    _vtanh(ar + 2 * H, ar + 2 * H, H)
+                    for j in range(H):
+                        z = ar[H + j]
+                        hr[j] = (one - z) * ar[2 * H + j] + z * hr[j]
+                _copy(&out[t, 0, 0], h_p, nb * H)
+                _zero(&out[t, nb, 0], (B - nb) * H)
+                if training:
+                    _copy(&gates[t, 0, 0], buf, nb * G)
+                    _zero(&gates[t, nb, 0], (B - nb) * G)
+                    _copy(&ghn[t, 0, 0], hnb, nb * H)
+                    _zero(&ghn[t, nb, 0], (B - nb) * H)
+    finally:
+        free(buf)
+        free(hnb)
+
+
+def gru_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
+                 bint reverse, const floating[:, ::1] h0,
+                 const floating[:, :, ::1] out, const floating[:, :, ::1] gates,
+                 const floating[:, :, ::1] ghn, const floating[:, :, ::1] dout,
+                 floating[:, ::1] dh, floating[:, :, ::1] dgx,
+                 floating[:, :, ::1] dgh):
+    """GRU backward through time; fills ``dgx`` and ``dgh`` and turns ``dh`` into
+    the gradient w.r.t. the initial state."""
+    cdef Py_ssize_t T = out.shape[0], B = out.shape[1], H = out.shape[2], G = 3 * H
+    _expect("w_hh", w_hh.shape, 2, G, H)
+    _expect("h0", h0.shape, 2, B, H)
+    _expect("gates", gates.shape, 3, T, B, G)
+    _expect("ghn", ghn.shape, 3, T, B, H)
+    _expect("dout", dout.shape, 3, T, B, H)
+    _expect("dh", dh.shape, 2, B, H)
+    _expect("dgx", dgx.shape, 3, T, B, G)
+    _expect("dgh", dgh.shape, 3, T, B, G)
+    _check_lengths(lengths, B, T)
+    if T == 0 or B == 0:
+        return
+    cdef const floating* w_p = &w_hh[0, 0]
+    cdef const int64_t* len_p = &lengths[0]
+    cdef floating* dh_p = &dh[0, 0]
+    cdef Py_ssize_t s, t, b, j, nb
+    cdef const floating* gtr
+    cdef const floating* hpr
+    cdef const floating* ghr
+    cdef const floating* gor
+    cdef floating* dhb
+    cdef floating* dxr
+    cdef floating* drr
+    cdef floating r, z, n, g, dan, dar, one = 1
+    with nogil:
+        for s in range(T):
+            t = s if reverse else T - 1 - s
+            nb = _n_active(len_p, B, t)
+            for b in range(nb):
+                gtr = &gates[t, b, 0]
+                # h_{t-1}: h0 at the sample's first step, else the previous output
+                if _first_step(len_p, b, t, reverse):
+                    hpr = &h0[b, 0]
+                elif reverse:
+                    hpr = &out[t + 1, b, 0]
+                else:
+                    hpr = &out[t - 1, b, 0]
+                ghr = &ghn[t, b, 0]
+                gor = &dout[t, b, 0]
+                dhb = dh_p + b * H
+                dxr = &dgx[t, b, 0]
+                drr = &dgh[t, b, 0]
+                for j in range(H):
+                    r = gtr[j]
+                    z = gtr[H + j]
+                    n = gtr[2 * H + j]
+                    g = gor[j] + dhb[j]
+                    dan = g * (one - z) * (one - n * n)
+                    dar = dan * ghr[j] * r * (one - r)
+                    dxr[j] = dar
+                    dxr[H + j] = g * (hpr[j] - n) * z * (one - z)
+                    dxr[2 * H + j] = dan
+                    drr[j] = dar
+                    drr[H + j] = dxr[H + j]
+                    drr[2 * H + j] = dan * r
+                    # the direct path; the recurrent one is added below
+                    dhb[j] = g * z
+            _zero(&dgx[t, nb, 0], (B - nb) * G)
+            _zero(&dgh[t, nb, 0], (B - nb) * G)
+            if nb > 0:
+                # dh[:nb] = g * z + dgh[t, :nb] @ W_hh
+                _matmul_nn(dh_p, &dgh[t, 0, 0], w_p, nb, H, G, one)
