@@ -21,15 +21,53 @@ import math
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import overload
 
-_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+# fastmath without nnan/ninf: reassociation lets the gate loops vectorise; NaN and
+# infinity keep their IEEE meaning (inputs are validated finite anyway).
+_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+_jit = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH)
 
 
 # ------------------------------------------------------------------ helpers
 
 
+# Float32 takes a rational approximation of tanh (error below 4e-7, inside
+# float32's parity tolerance) because, unlike libm calls, it vectorises: the
+# gate loops are where the time goes. Float64 keeps exact libm maths.
+_TANH_CLAMP = 7.90531110763549805  # beyond it the float32 rational saturates to +-1
+_TANH_P = (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05,
+           5.12229709037114e-08, -8.60467152213735e-11, 2.00018790482477e-13,
+           -2.76076847742355e-16)
+_TANH_Q = (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04,
+           1.19825839466702e-06)
+
+
 @_jit
-def _sigmoid(x, one):
+def _tanh_rational(x):
+    """Float32 tanh as an odd rational function of degree 13/6 on a clamped input."""
+    p0, p1, p2, p3, p4, p5, p6 = _TANH_P
+    q0, q1, q2, q3 = _TANH_Q
+    lim = np.float32(_TANH_CLAMP)
+    x = min(max(x, -lim), lim)
+    x2 = x * x
+    p = np.float32(p6)
+    p = p * x2 + np.float32(p5)
+    p = p * x2 + np.float32(p4)
+    p = p * x2 + np.float32(p3)
+    p = p * x2 + np.float32(p2)
+    p = p * x2 + np.float32(p1)
+    p = p * x2 + np.float32(p0)
+    q = np.float32(q3)
+    q = q * x2 + np.float32(q2)
+    q = q * x2 + np.float32(q1)
+    q = q * x2 + np.float32(q0)
+    return x * p / q
+
+
+@_jit
+def _sigmoid_exact(x, one):
     """Logistic function from ``exp(-|x|)``: never overflows, exact libm math."""
     e = math.exp(-abs(x))
     s = one / (one + e)
@@ -37,12 +75,37 @@ def _sigmoid(x, one):
 
 
 @_jit
-def _tanh(x, two):
+def _tanh_exact(x, two):
     """Hyperbolic tangent as ``-m / (m + 2)`` with ``m = expm1(-2|x|)``, sign
     restored: the identity libm's tanh uses, as accurate and faster to call."""
     m = math.expm1(-two * abs(x))
     r = -m / (m + two)
     return r if x >= 0 else -r
+
+
+def _tanh(x, two):
+    """tanh, chosen per dtype at compile time (see :func:`_tanh_rational`)."""
+    return math.tanh(x)
+
+
+def _sigmoid(x, one):
+    """Logistic function, chosen per dtype at compile time."""
+    return 0.5 * math.tanh(0.5 * x) + 0.5
+
+
+@overload(_tanh, jit_options=dict(error_model="numpy"))
+def _tanh_overload(x, two):
+    if x == types.float32:
+        return lambda x, two: _tanh_rational(x)
+    return lambda x, two: _tanh_exact(x, two)
+
+
+@overload(_sigmoid, jit_options=dict(error_model="numpy"))
+def _sigmoid_overload(x, one):
+    if x == types.float32:
+        half = np.float32(0.5)
+        return lambda x, one: half * _tanh_rational(half * x) + half
+    return lambda x, one: _sigmoid_exact(x, one)
 
 
 @_jit
@@ -111,7 +174,7 @@ def _prev_row(t, b, lengths, reverse):
 
 @_jit
 def _rnn_forward(gx, w_hh, lengths, reverse, relu, h, out):
-    """Vanilla RNN forward: ``h_t = act(gx_t + h_{t-1} @ W_hh.T)``; fills ``out``, ``h``."""
+    """Vanilla RNN forward, ``h_t = act(gx_t + W_hh h_{t-1})``; fills ``out``, ``h``."""
     T, B, H = gx.shape
     _check_lengths(lengths, B, T)
     zero = gx.dtype.type(0)
@@ -184,35 +247,47 @@ def _lstm_forward(gx, w_hh, w_hr, peep, lengths, reverse, training,
         np.dot(h[:nb], w_hh.T, a[:nb])
         hcl_buf = hc[t] if has_proj and training else hcell
         for b in range(nb):
+            # Two passes, each a simple loop the compiler can vectorise: the
+            # gate activations in place, then the cell update.
+            if has_peep:
+                for j in range(H):
+                    c_prev = c[b, j]
+                    a[b, j] = _sigmoid(gx[t, b, j] + a[b, j] + peep[0, j] * c_prev, one)
+                    a[b, H + j] = _sigmoid(gx[t, b, H + j] + a[b, H + j]
+                                           + peep[1, j] * c_prev, one)
+                for j in range(2 * H, 3 * H):
+                    a[b, j] = _tanh(gx[t, b, j] + a[b, j], two)
+                for j in range(3 * H, 4 * H):
+                    a[b, j] = gx[t, b, j] + a[b, j]  # o: activated once c_t is known
+            else:
+                for j in range(2 * H):
+                    a[b, j] = _sigmoid(gx[t, b, j] + a[b, j], one)
+                for j in range(2 * H, 3 * H):
+                    a[b, j] = _tanh(gx[t, b, j] + a[b, j], two)
+                for j in range(3 * H, 4 * H):
+                    a[b, j] = _sigmoid(gx[t, b, j] + a[b, j], one)
             for j in range(H):
-                ai = gx[t, b, j] + a[b, j]
-                af = gx[t, b, H + j] + a[b, H + j]
-                ag = gx[t, b, 2 * H + j] + a[b, 2 * H + j]
-                ao = gx[t, b, 3 * H + j] + a[b, 3 * H + j]
-                c_prev = c[b, j]
-                if has_peep:
-                    ai = ai + peep[0, j] * c_prev
-                    af = af + peep[1, j] * c_prev
-                i = _sigmoid(ai, one)
-                f = _sigmoid(af, one)
-                g = _tanh(ag, two)
-                c_new = f * c_prev + i * g
-                if has_peep:
-                    ao = ao + peep[2, j] * c_new
-                o = _sigmoid(ao, one)
-                h_cell = o * _tanh(c_new, two)
+                i = a[b, j]
+                f = a[b, H + j]
+                g = a[b, 2 * H + j]
+                c_new = f * c[b, j] + i * g
                 c[b, j] = c_new
-                if training:
-                    gates[t, b, j] = i
-                    gates[t, b, H + j] = f
-                    gates[t, b, 2 * H + j] = g
-                    gates[t, b, 3 * H + j] = o
-                    cs[t, b, j] = c_new
+                if has_peep:
+                    o = _sigmoid(a[b, 3 * H + j] + peep[2, j] * c_new, one)
+                    a[b, 3 * H + j] = o
+                else:
+                    o = a[b, 3 * H + j]
+                h_cell = o * _tanh(c_new, two)
                 if has_proj:
                     hcl_buf[b, j] = h_cell
                 else:
                     h[b, j] = h_cell
                     out[t, b, j] = h_cell
+            if training:
+                for j in range(G):
+                    gates[t, b, j] = a[b, j]
+                for j in range(H):
+                    cs[t, b, j] = c[b, j]
         if has_proj:
             np.dot(hcl_buf[:nb], w_hr.T, h[:nb])
             for b in range(nb):
@@ -371,7 +446,7 @@ def _gru_backward(w_hh, lengths, reverse, h0, out, gates, ghn, dout, dh, dgx, dg
 
 
 def rnn_forward(gx, w_hh, lengths, reverse, relu, h, out):
-    """Vanilla RNN forward: ``h_t = act(gx_t + h_{t-1} @ W_hh.T)``; fills ``out``, ``h``."""
+    """Vanilla RNN forward, ``h_t = act(gx_t + W_hh h_{t-1})``; fills ``out``, ``h``."""
     _rnn_forward(gx, w_hh, lengths, bool(reverse), bool(relu), h, out)
 
 
