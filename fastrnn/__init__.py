@@ -9,5 +9,20 @@ __version__ = "0.1.0.dev0"
 
 from ._config import get_backend, set_backend  # noqa: E402
 from ._kernels import available_backends  # noqa: E402
+from .estimators import (  # noqa: E402
+    RNNClassifier,
+    RNNRegressor,
+    RNNSequenceClassifier,
+    RNNSequenceRegressor,
+)
 
-__all__ = ["available_backends", "get_backend", "set_backend", "__version__"]
+__all__ = [
+    "RNNClassifier",
+    "RNNRegressor",
+    "RNNSequenceClassifier",
+    "RNNSequenceRegressor",
+    "available_backends",
+    "get_backend",
+    "set_backend",
+    "__version__",
+]
