@@ -1,14 +1,12 @@
 """Recurrent layers per backend, cell and scenario: inference and training step."""
 
-from .common import BACKENDS, ThreadsMixin, runner
-
-CELLS = ["lstm", "gru", "rnn"]
+from .common import BACKENDS, CELLS, ThreadsMixin, runner, scenarios
 
 
 class Inference(ThreadsMixin):
     """S1 (service latency, batch 1) and S2 (batch inference)."""
 
-    params = (["S1", "S2"], CELLS, BACKENDS)
+    params = (scenarios("S1", "S2"), CELLS, BACKENDS)
     param_names = ["scenario", "cell", "backend"]
 
     def setup(self, sid, cell, backend):
@@ -26,7 +24,7 @@ class Inference(ThreadsMixin):
 class TrainingStep(ThreadsMixin):
     """Forward + backward with every parameter gradient (S3, S4, S5, S7)."""
 
-    params = (["S3", "S4", "S5", "S7"], CELLS, BACKENDS)
+    params = (scenarios("S4", "S3", "S5", "S7"), CELLS, BACKENDS)
     param_names = ["scenario", "cell", "backend"]
     timeout = 300
 

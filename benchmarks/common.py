@@ -2,9 +2,8 @@
 
 import os
 
-import numpy as np
-
 from fastrnn import bench
+from fastrnn._config import thread_limit
 from fastrnn._kernels import available_backends
 
 #: ``FASTRNN_ASV_QUICK=1`` shrinks every scenario so CI can run the whole suite
@@ -12,6 +11,10 @@ from fastrnn._kernels import available_backends
 QUICK = os.environ.get("FASTRNN_ASV_QUICK") == "1"
 
 BACKENDS = available_backends()
+
+#: Scenario and cell choices; the quick profile keeps one of each, so CI proves
+#: every benchmark class and backend still runs without timing the full grid.
+CELLS = ["lstm"] if QUICK else ["lstm", "gru", "rnn"]
 
 
 def scenario(sid):
@@ -30,14 +33,21 @@ def runner(sid, cell, backend):
     return bench.FastrnnRunner(sc, cell, x, lengths, backend)
 
 
+def scenarios(*ids):
+    return list(ids[:1]) if QUICK else list(ids)
+
+
 class ThreadsMixin:
     """Run each benchmark under the scenario's thread count."""
 
+    _threads = None
+
     def _limit(self, sid):
-        self._threads = bench.thread_limit(scenario(sid).threads).__enter__()
+        self._threads = thread_limit(scenario(sid).threads).__enter__()
 
     def teardown(self, *args):
-        self._threads.__exit__(None, None, None)
+        if self._threads is not None:
+            self._threads.__exit__(None, None, None)
 
 
-__all__ = ["BACKENDS", "QUICK", "ThreadsMixin", "np", "runner", "scenario"]
+__all__ = ["BACKENDS", "CELLS", "QUICK", "ThreadsMixin", "runner", "scenario", "scenarios"]

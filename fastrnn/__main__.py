@@ -23,6 +23,8 @@ import warnings
 
 import numpy as np
 
+from ._config import thread_limit
+
 #: Command name -> (module, function taking argv, help). The hook for new commands.
 COMMANDS = {
     "demo": ("fastrnn.__main__", "demo_main",
@@ -65,29 +67,6 @@ def _digits_sequences(seed):
     X = (digits.images / 16.0).astype(np.float32)  # (1797, 8, 8)
     return train_test_split(X, digits.target, test_size=0.25, random_state=seed,
                             stratify=digits.target)
-
-
-class _thread_limit:
-    """Run BLAS (and PyTorch, when imported) on ``n`` threads; restore on exit."""
-
-    def __init__(self, n):
-        self.n = n
-
-    def __enter__(self):
-        from threadpoolctl import threadpool_limits
-
-        self._blas = threadpool_limits(limits=self.n, user_api="blas")
-        self._torch = None
-        if "torch" in sys.modules:
-            torch = sys.modules["torch"]
-            self._torch = torch.get_num_threads()
-            torch.set_num_threads(self.n)
-        return self
-
-    def __exit__(self, *exc):
-        self._blas.restore_original_limits()
-        if self._torch is not None:
-            sys.modules["torch"].set_num_threads(self._torch)
 
 
 def _batch_time(predict, X, repeats=5):
@@ -225,7 +204,7 @@ def demo_main(argv=None):
             import torch
         except ImportError:
             print("(PyTorch is not installed: no side-by-side comparison)")
-    with _thread_limit(args.threads):
+    with thread_limit(args.threads):
         clf, ours = _run_fastrnn(args, X_train, X_test, y_train, y_test)
         results = [(f"fastrnn ({backend})", ours)]
         if torch is not None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import nn
+from ._config import thread_limit
 
 __all__ = ["SCENARIOS", "Scenario", "run"]
 
@@ -226,44 +227,6 @@ def _peers(sc, cell, x, lengths, fast):
         except ImportError:
             pass
     return peers
-
-
-class thread_limit:
-    """Limit BLAS, numba and torch to ``n`` threads; restore on exit."""
-
-    def __init__(self, n):
-        self.n = n
-
-    def __enter__(self):
-        from threadpoolctl import threadpool_limits
-
-        self._blas = threadpool_limits(self.n)
-        try:
-            import numba
-
-            self._numba = numba.get_num_threads()
-            numba.set_num_threads(min(self.n, numba.config.NUMBA_NUM_THREADS))
-        except ImportError:
-            self._numba = None
-        try:
-            import torch
-
-            self._torch = torch.get_num_threads()
-            torch.set_num_threads(self.n)
-        except ImportError:
-            self._torch = None
-        return self
-
-    def __exit__(self, *exc):
-        self._blas.restore_original_limits()
-        if self._numba is not None:
-            import numba
-
-            numba.set_num_threads(self._numba)
-        if self._torch is not None:
-            import torch
-
-            torch.set_num_threads(self._torch)
 
 
 def run_case(sc, cell, rounds=7, backend="auto", min_time=0.05):
