@@ -50,7 +50,18 @@ def check_lengths(lengths, batch_size, n_steps, unbatched=False):
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
-def check_positive_int(value, name):
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+def as_random_state(seed):
+    """A ``numpy.random.RandomState`` from None, an int or a RandomState.
+
+    The same rule as scikit-learn's ``check_random_state``, restated here so
+    that the layers (and a service that only serves them) never import
+    scikit-learn.
+    """
+    if seed is None:
+        return np.random.mtrand._rand
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        return np.random.RandomState(seed)
+    if isinstance(seed, np.random.RandomState):
+        return seed
+    raise ValueError(f"random_state must be None, an int or a numpy RandomState, "
+                     f"got {seed!r}")

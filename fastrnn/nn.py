@@ -16,10 +16,9 @@ import numbers
 import warnings
 
 import numpy as np
-from sklearn.utils import check_random_state
 
 from . import _kernels
-from ._validation import as_float_array, check_lengths
+from ._validation import as_float_array, as_random_state, check_lengths
 
 __all__ = ["RNN", "LSTM", "GRU"]
 
@@ -74,7 +73,7 @@ class _RNNBase:
         self.dtype = dtype
         self.backend = backend
         self.training = True
-        self._rng = check_random_state(random_state)
+        self._rng = as_random_state(random_state)
         self._params = self._init_params()
         self.grads = {}
         self._cache = None
