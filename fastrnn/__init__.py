@@ -9,6 +9,7 @@ __version__ = "0.1.0.dev0"
 
 from ._config import get_backend, set_backend  # noqa: E402
 from ._kernels import available_backends  # noqa: E402
+from ._persist import InconsistentVersionWarning, ModelFileError  # noqa: E402
 from .estimators import (  # noqa: E402
     RNNClassifier,
     RNNRegressor,
@@ -16,13 +17,60 @@ from .estimators import (  # noqa: E402
     RNNSequenceRegressor,
 )
 
+
+def load(path):
+    """Load a model saved with ``estimator.save(path)``.
+
+    The file is a ZIP of plain ``.npy`` arrays and JSON metadata (see
+    :mod:`fastrnn._persist`). Nothing in it is unpickled or executed: the
+    estimator class comes from a fixed allow-list, and every name, dtype and
+    shape is checked before the model is assembled.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    estimator : RNNClassifier, RNNRegressor, RNNSequenceClassifier or RNNSequenceRegressor
+        Fitted, predicting exactly as the saved one. The optimizer's state is
+        not saved: ``partial_fit`` continues with a fresh optimizer.
+
+    Raises
+    ------
+    ModelFileError
+        The file is truncated, tampered with, or not a fastrnn model file;
+        nothing is loaded. (A missing file raises ``FileNotFoundError``.)
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> import fastrnn
+    >>> X = np.random.RandomState(0).standard_normal((20, 5, 2))
+    >>> clf = fastrnn.RNNClassifier((4,), max_iter=2, random_state=0)
+    >>> clf = clf.fit(X, X[:, -1, 0] > 0)
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.fastrnn")
+    >>> clf.save(path)
+    >>> loaded = fastrnn.load(path)
+    >>> bool((loaded.predict(X) == clf.predict(X)).all())
+    True
+    """
+    from ._persist import load_model
+
+    return load_model(path)
+
+
 __all__ = [
+    "InconsistentVersionWarning",
+    "ModelFileError",
     "RNNClassifier",
     "RNNRegressor",
     "RNNSequenceClassifier",
     "RNNSequenceRegressor",
     "available_backends",
     "get_backend",
+    "load",
     "set_backend",
     "__version__",
 ]

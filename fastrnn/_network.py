@@ -17,7 +17,7 @@ PyTorch's names), the head owns ``coef`` and ``intercept``.
 import numpy as np
 
 from . import nn
-from ._training import softmax_cross_entropy, squared_error
+from ._training import NonFiniteError, softmax_cross_entropy, squared_error
 
 _LAYERS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -233,13 +233,17 @@ class RecurrentNetwork:
     def _head_loss(self, feats, target, weights):
         """Head and loss on rows ``feats`` (N, F).
 
-        Returns the loss and the gradients w.r.t. feats, coef and intercept.
+        Returns the loss and the gradients w.r.t. feats, coef and intercept;
+        raises NonFiniteError if the loss or its gradient is not finite.
         """
         out = feats @ self.coef + self.intercept
         if self.loss == "log_loss":
             loss, dout = softmax_cross_entropy(out, target, weights)
         else:
             loss, dout = squared_error(out, target, weights)
+        if not (np.isfinite(loss) and np.isfinite(dout).all()):
+            # Checked here, before the layers' backward (which rejects it anyway).
+            raise NonFiniteError("the loss or its gradient is NaN or infinite")
         return loss, dout @ self.coef.T, feats.T @ dout, dout.sum(axis=0)
 
     # ------------------------------------------------------------ public passes

@@ -12,12 +12,17 @@ import numpy as np
 
 __all__ = [
     "AdamOptimizer",
+    "NonFiniteError",
     "SGDOptimizer",
     "clip_grad_norm",
     "log_softmax",
     "softmax_cross_entropy",
     "squared_error",
 ]
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss or a gradient of a training step is NaN or infinite (divergence)."""
 
 
 class BaseOptimizer:

@@ -34,19 +34,19 @@ def check_lengths(lengths, batch_size, n_steps, unbatched=False):
     arr = np.asarray(lengths)
     if unbatched and arr.ndim == 0:
         arr = arr.reshape(1)
-    if arr.dtype.kind not in "iu":
-        if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
-            arr = arr.astype(np.int64)
-        else:
-            raise TypeError(f"lengths must be integers, got dtype {arr.dtype}")
+    if arr.dtype.kind not in "iu" and not (
+            arr.dtype.kind == "f" and np.all(np.isfinite(arr))
+            and np.all(arr == np.round(arr))):
+        raise TypeError(f"lengths must be integers, got dtype {arr.dtype}")
     if arr.ndim != 1 or arr.shape[0] != batch_size:
         raise ValueError(f"lengths must have shape ({batch_size},) (one per sample), "
                          f"got shape {arr.shape}")
+    # Range check before any cast: a float or uint64 beyond int64 would wrap.
     bad = (arr < 1) | (arr > n_steps)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(f"lengths must be between 1 and the number of time steps "
-                         f"({n_steps}); lengths[{i}] = {int(arr[i])}")
+                         f"({n_steps}); lengths[{i}] = {arr[i].item()}")
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 

@@ -31,7 +31,8 @@ from sklearn.utils.validation import _check_sample_weight, check_array
 from . import _kernels
 from ._data import per_step_targets, valid_mask, validate_sequences
 from ._network import RecurrentNetwork
-from ._training import AdamOptimizer, SGDOptimizer, clip_grad_norm, log_softmax
+from ._training import (AdamOptimizer, NonFiniteError, SGDOptimizer, clip_grad_norm,
+                        log_softmax)
 
 __all__ = [
     "RNNClassifier",
@@ -168,6 +169,16 @@ _INIT_DOC = """
     matrix products, for which a second thread costs more than it saves (on a
     busy machine, up to 100 times more). predict leaves the process's thread
     settings alone and may be called from several threads at once.
+
+    Divergence: if the loss, a gradient or a weight becomes NaN or infinite
+    during training (a far too large learning rate, unscaled targets), the
+    weights from the end of the last complete epoch are restored, training
+    stops and a ``ConvergenceWarning`` says so; the estimator never keeps
+    non-finite weights. predict raises ValueError rather than return a NaN.
+
+    Persistence: :meth:`save` writes a safe, documented file that
+    :func:`fastrnn.load` reads back without unpickling anything; pickle and
+    joblib work too (unpickling warns across fastrnn versions).
 """
 
 _ATTRS_DOC = """
@@ -296,6 +307,47 @@ class _BaseRNN(BaseEstimator):
 
     def __sklearn_is_fitted__(self):
         return hasattr(self, "_network")
+
+    # ---------------------------------------------------------- persistence
+
+    def save(self, path):
+        """Save the fitted model to ``path`` in fastrnn's safe file format.
+
+        The file is a ZIP of plain ``.npy`` arrays (the layers' parameters under
+        PyTorch's names, the head, ``classes_``) and JSON metadata (versions,
+        class name, ``get_params()``, fitted dimensions); see
+        :mod:`fastrnn._persist`. Read it back with :func:`fastrnn.load`, which
+        never unpickles or executes anything. The write is atomic: a temporary
+        file in the same directory, flushed to disk, then renamed over
+        ``path``, so an error never damages an existing file there.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        """
+        from ._persist import save_model
+
+        save_model(self, path)
+
+    def __getstate__(self):
+        from . import __version__
+
+        state = super().__getstate__()
+        state["_fastrnn_version"] = __version__
+        return state
+
+    def __setstate__(self, state):
+        from . import __version__
+        from ._persist import InconsistentVersionWarning
+
+        state = dict(state)
+        version = state.pop("_fastrnn_version", None)
+        if version != __version__:
+            warnings.warn(f"Trying to unpickle {type(self).__name__} from fastrnn version "
+                          f"{version} when using version {__version__}. This might lead "
+                          "to breaking code or invalid results. Use at your own risk.",
+                          InconsistentVersionWarning)
+        super().__setstate__(state)
 
     # The trained network owns the weights; these views stay in step with it
     # through further training and survive pickling as one set of arrays.
@@ -444,6 +496,8 @@ class _BaseRNN(BaseEstimator):
         try:
             for _ in range(1 if incremental else self.max_iter):
                 start = time.perf_counter()
+                good_weights = net.get_weights()  # restored if this epoch diverges
+                diverged = False
                 order = rng.permutation(train_idx) if self.shuffle else train_idx
                 total_loss, total_w = 0.0, 0.0
                 for sl in gen_batches(n_train, batch_size):
@@ -458,13 +512,27 @@ class _BaseRNN(BaseEstimator):
                     tb = target[idx] if not self._per_step else target[:T, idx]
                     if self._per_step:
                         bw = bw[:T]
-                    loss, grads = net.loss_and_grads(xb, lengths, tb, bw, alpha=self.alpha,
-                                                     bptt_length=bptt, rng=drop_rng)
-                    if self.max_grad_norm is not None:
-                        clip_grad_norm(grads, self.max_grad_norm)
+                    try:
+                        loss, grads = net.loss_and_grads(xb, lengths, tb, bw,
+                                                         alpha=self.alpha,
+                                                         bptt_length=bptt, rng=drop_rng)
+                    except NonFiniteError:
+                        diverged = True
+                        break
+                    norm = clip_grad_norm(grads, self.max_grad_norm)
+                    if not (np.isfinite(loss) and np.isfinite(norm)):
+                        diverged = True
+                        break
                     opt.update_params(params, grads)
+                    if not all(np.isfinite(p).all() for p in params):
+                        diverged = True
+                        break
                     total_loss += loss * w_sum
                     total_w += w_sum
+                if diverged:
+                    self._diverged(net, good_weights)
+                    exhausted = False
+                    break
                 self.n_iter_ += 1
                 self.t_ += n_train
                 self.loss_ = total_loss / total_w if total_w else np.nan
@@ -529,6 +597,21 @@ class _BaseRNN(BaseEstimator):
                           ConvergenceWarning)
         return self
 
+    def _diverged(self, net, good_weights):
+        """Training diverged (non-finite loss, gradient or weights): put back the
+        weights from the start of the epoch, drop the optimizer's (possibly
+        non-finite) state and warn. The estimator stays usable and predicts
+        finite values."""
+        net.set_weights(good_weights)
+        self._best_weights = None
+        self.__dict__.pop("_optimizer", None)
+        warnings.warn(
+            f"{type(self).__name__}: training diverged in epoch {self.n_iter_ + 1} (the "
+            "loss, a gradient or a weight became NaN or infinite); the weights from the "
+            f"end of epoch {self.n_iter_} are restored and training stopped. Lower "
+            "learning_rate_init, set max_grad_norm, or rescale X and y.",
+            ConvergenceWarning)
+
     def _validation_split(self, n, target, rng):
         stratify = None
         if self._loss == "log_loss" and not self._per_step:
@@ -557,7 +640,7 @@ class _BaseRNN(BaseEstimator):
         net = self._network
         n, T = seqs.n_samples, seqs.data.shape[0]
         if n <= _PREDICT_CHUNK:
-            return net.forward(seqs.data, seqs.lengths)
+            return self._check_finite(net.forward(seqs.data, seqs.lengths))
         k = self.n_outputs_
         out = np.zeros((T, n, k) if self._per_step else (n, k), net.dtype)
         for sl in gen_batches(n, _PREDICT_CHUNK):
@@ -568,6 +651,16 @@ class _BaseRNN(BaseEstimator):
                 out[:Tb, sl] = res
             else:
                 out[sl] = res
+        return self._check_finite(out)
+
+    @staticmethod
+    def _check_finite(out):
+        """Refuse to return a NaN or infinite network output (inputs so large that
+        the products overflow), rather than a silently wrong prediction."""
+        if not np.isfinite(out).all():
+            raise ValueError("The network's output is NaN or infinite for this input: "
+                             "its values are too large for the network's dtype. "
+                             "Rescale X (e.g. fastrnn.preprocessing.SequenceScaler).")
         return out
 
     def _split_steps(self, values, seqs):

@@ -1,0 +1,448 @@
+"""Safe model files (estimator.save / fastrnn.load), atomic writes, and pickling
+across versions.
+
+Every round trip is held to exact equality with the estimator that saved it;
+every damaged file must raise ModelFileError (and nothing else), and nothing in
+a file is ever unpickled or executed."""
+
+import io
+import json
+import os
+import pickle
+import subprocess
+import sys
+import warnings
+import zipfile
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.exceptions import NotFittedError
+
+import fastrnn
+from fastrnn import (ModelFileError, RNNClassifier, RNNRegressor, RNNSequenceClassifier,
+                     RNNSequenceRegressor)
+from fastrnn._persist import InconsistentVersionWarning
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::sklearn.exceptions.ConvergenceWarning")
+
+RNG = np.random.RandomState(0)
+X3 = RNG.standard_normal((24, 6, 3))
+XR = [RNG.standard_normal((n, 3)) for n in (2, 6, 4, 5, 1, 3)]  # ragged
+
+
+def _fit(cls, labels="int", **kw):
+    kw = {"hidden_layer_sizes": (4,), "max_iter": 3, "random_state": 0,
+          "learning_rate_init": 0.05, **kw}
+    est = cls(**kw)
+    if cls is RNNClassifier:
+        y = (X3[:, -1, 0] > 0).astype(int)
+        if labels == "str":
+            y = np.array(["neg", "pos"], dtype=object)[y]
+        elif labels == "float":
+            y = y * 2.0 - 1.0  # float labels -1.0, 1.0
+        return est.fit(X3, y)
+    if cls is RNNRegressor:
+        return est.fit(X3, X3[:, -1, :2] if labels == "multi" else X3[:, -1, 0])
+    if cls is RNNSequenceClassifier:
+        y = (np.cumsum(X3[:, :, 0], axis=1) > 0).astype(int)
+        if labels == "str":
+            y = np.array(["a", "b"])[y]
+        return est.fit(X3, y)
+    return est.fit(X3, np.cumsum(X3[:, :, 0], axis=1))
+
+
+def _predictions(est, X):
+    out = {"predict": est.predict(X)}
+    if hasattr(est, "predict_proba"):
+        out["predict_proba"] = est.predict_proba(X)
+    return out
+
+
+def _assert_identical(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        va, vb = a[k], b[k]
+        if isinstance(va, list):
+            assert len(va) == len(vb)
+            for x, y in zip(va, vb):
+                assert x.dtype == y.dtype and np.array_equal(x, y), k
+        else:
+            assert va.dtype == vb.dtype and va.shape == vb.shape, k
+            assert np.array_equal(va, vb), k
+
+
+CASES = [
+    (RNNClassifier, "int", {}),
+    (RNNClassifier, "str", {"cell": "gru", "bidirectional": True}),
+    (RNNClassifier, "float", {"cell": "rnn", "pooling": "max", "dtype": np.float64}),
+    (RNNRegressor, "single", {"hidden_layer_sizes": (3, 5), "pooling": "mean"}),
+    (RNNRegressor, "multi", {"bidirectional": True, "bidirectional_merge": "sum"}),
+    (RNNSequenceClassifier, "str", {"class_weight": "balanced"}),
+    (RNNSequenceClassifier, "int", {"class_weight": {0: 2.0, 1: 0.5}}),
+    (RNNSequenceRegressor, "single", {"cell": "gru", "random_state": None}),
+]
+
+
+@pytest.mark.parametrize("cls,labels,kw", CASES)
+def test_round_trip_predicts_identically(tmp_path, cls, labels, kw):
+    est = _fit(cls, labels, **kw)
+    path = tmp_path / "model.fastrnn"
+    est.save(path)
+    loaded = fastrnn.load(path)
+    assert type(loaded) is cls
+    assert loaded.get_params() == est.get_params() | (
+        {"random_state": est.random_state})
+    for X in (X3, XR, X3[:5, :2]):
+        _assert_identical(_predictions(loaded, X), _predictions(est, X))
+    for attr in ("n_features_in_", "n_features_per_step_", "n_outputs_", "n_iter_",
+                 "loss_curve_"):
+        assert getattr(loaded, attr) == getattr(est, attr)
+    if hasattr(est, "classes_"):
+        assert loaded.classes_.dtype == est.classes_.dtype
+        assert np.array_equal(loaded.classes_, est.classes_)
+    for (n1, p1), (n2, p2) in zip(est._network.named_parameters(),
+                                  loaded._network.named_parameters()):
+        assert n1 == n2 and p1.dtype == p2.dtype and np.array_equal(p1, p2)
+    # The file holds plain arrays and JSON only.
+    with zipfile.ZipFile(path) as zf:
+        meta = json.loads(zf.read("metadata.json"))
+        for name in meta["arrays"]:
+            arr = np.load(io.BytesIO(zf.read(name + ".npy")), allow_pickle=False)
+            assert arr.dtype != object
+    assert meta["estimator"] == cls.__name__
+    assert meta["fastrnn_version"] == fastrnn.__version__
+
+
+def test_loaded_model_keeps_training_and_2d_input(tmp_path):
+    X2 = X3[:, :, 0]
+    est = RNNRegressor((4,), max_iter=2, random_state=0).fit(X2, X2[:, -1])
+    est.save(tmp_path / "m")
+    loaded = fastrnn.load(tmp_path / "m")
+    assert np.array_equal(loaded.predict(X2), est.predict(X2))
+    with pytest.raises(ValueError, match="features"):
+        loaded.predict(X2[:, :3])  # the fitted sequence length is enforced
+    loaded.partial_fit(X2, X2[:, -1])  # a fresh optimizer continues from the weights
+    assert loaded.n_iter_ == est.n_iter_ + 1
+    assert np.isfinite(loaded.predict(X2)).all()
+
+
+def test_loads_without_jit_or_training_code(tmp_path):
+    """A fresh process that cannot import numba (no JIT) nor the training module's
+    optimizers loads a Cython-backend model and predicts exactly the same."""
+    if "cython" not in fastrnn.available_backends():
+        pytest.skip("the Cython backend is not built")
+    est = _fit(RNNClassifier, "str", backend="cython")
+    path = tmp_path / "m.fastrnn"
+    est.save(path)
+    np.save(tmp_path / "X.npy", X3)
+    expected = est.predict_proba(X3)
+    code = f"""
+import sys
+sys.modules["numba"] = None          # importing numba now fails
+import numpy as np, fastrnn
+from fastrnn import _training
+for name in ("AdamOptimizer", "SGDOptimizer", "clip_grad_norm"):
+    setattr(_training, name, None)
+from fastrnn import _network
+_network.RecurrentNetwork.loss_and_grads = None
+m = fastrnn.load({str(path)!r})
+np.save({str(tmp_path / 'out.npy')!r}, m.predict_proba(np.load({str(tmp_path / 'X.npy')!r})))
+assert "numba" not in [k for k, v in sys.modules.items() if v is not None]
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.getcwd())
+    assert np.array_equal(np.load(tmp_path / "out.npy"), expected)
+
+
+# ------------------------------------------------------------ damaged files
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    path = tmp_path_factory.mktemp("saved") / "model.fastrnn"
+    _fit(RNNClassifier, "str").save(path)
+    return path
+
+
+def _members(path):
+    with zipfile.ZipFile(path) as zf:
+        return {i.filename: zf.read(i) for i in zf.infolist()}
+
+
+def _write(path, members, compression=zipfile.ZIP_STORED):
+    with zipfile.ZipFile(path, "w", compression=compression) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def _npy(arr, allow_pickle=False):
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr, allow_pickle=allow_pickle)
+    return buf.getvalue()
+
+
+def _with_meta(members, edit):
+    meta = json.loads(members["metadata.json"])
+    edit(meta)
+    return {**members, "metadata.json": json.dumps(meta).encode()}
+
+
+def _tampered(name, members):
+    """``members`` with one defect; ``name`` says which."""
+    m = dict(members)
+    w = "layers_[0].weight_ih_l0.npy"
+    arr = np.load(io.BytesIO(m[w]))
+    if name == "wrong_shape":
+        m[w] = _npy(arr[:-1])
+    elif name == "wrong_dtype":
+        m[w] = _npy(arr.astype(np.float64))
+    elif name == "big_endian":
+        m[w] = _npy(arr.astype(">f4"))
+    elif name == "nan_weight":
+        arr[0, 0] = np.nan
+        m[w] = _npy(arr)
+    elif name == "object_classes":
+        m["classes_.npy"] = _npy(np.array(["neg", "pos"], dtype=object), allow_pickle=True)
+    elif name == "unsorted_classes":
+        m["classes_.npy"] = _npy(np.array(["pos", "neg"]))
+    elif name == "missing_member":
+        del m["coef_.npy"]
+    elif name == "extra_member":
+        m["evil.npy"] = _npy(np.zeros(3))
+    elif name == "renamed_member":
+        m["coef.npy"] = m.pop("coef_.npy")
+    elif name == "no_metadata":
+        del m["metadata.json"]
+    elif name == "bad_json":
+        m["metadata.json"] = b"{not json"
+    elif name == "json_not_object":
+        m["metadata.json"] = b"[1, 2]"
+    elif name == "foreign_class":
+        m = _with_meta(m, lambda d: d.update(estimator="os.system"))
+    elif name == "other_sklearn_class":
+        m = _with_meta(m, lambda d: d.update(estimator="LogisticRegression"))
+    elif name == "format_version":
+        m = _with_meta(m, lambda d: d.update(format_version=2))
+    elif name == "format_version_str":
+        m = _with_meta(m, lambda d: d.update(format_version="1"))
+    elif name == "format_name":
+        m = _with_meta(m, lambda d: d.update(format="something-else"))
+    elif name == "library_version_type":
+        m = _with_meta(m, lambda d: d.update(fastrnn_version=[0, 1]))
+    elif name == "bad_param_value":
+        m = _with_meta(m, lambda d: d["params"].update(cell="__import__('os')"))
+    elif name == "unknown_param":
+        m = _with_meta(m, lambda d: d["params"].update(evil=1))
+    elif name == "missing_param":
+        m = _with_meta(m, lambda d: d["params"].pop("cell"))
+    elif name == "bad_dtype_param":
+        m = _with_meta(m, lambda d: d["params"].update(dtype="object"))
+    elif name == "hidden_sizes_changed":
+        m = _with_meta(m, lambda d: d["params"].update(hidden_layer_sizes=[5]))
+    elif name == "huge_hidden_sizes":  # would allocate terabytes if trusted
+        m = _with_meta(m, lambda d: d["params"].update(hidden_layer_sizes=[10 ** 7]))
+    elif name == "huge_features":
+        m = _with_meta(m, lambda d: d["fitted"].update(n_features_per_step_=10 ** 12,
+                                                       n_features_in_=10 ** 12))
+    elif name == "negative_outputs":
+        m = _with_meta(m, lambda d: d["fitted"].update(n_outputs_=-1))
+    elif name == "bool_outputs":
+        m = _with_meta(m, lambda d: d["fitted"].update(n_outputs_=True))
+    elif name == "arrays_list_reordered":
+        m = _with_meta(m, lambda d: d["arrays"].reverse())
+    elif name == "n_features_mismatch":
+        m = _with_meta(m, lambda d: d["fitted"].update(n_features_in_=7))
+    elif name == "classes_dtype":
+        m = _with_meta(m, lambda d: d["fitted"].update(classes_dtype="pickle"))
+    elif name == "loss_curve_junk":
+        m = _with_meta(m, lambda d: d["fitted"].update(loss_curve_=["__import__"]))
+    else:  # pragma: no cover
+        raise AssertionError(name)
+    return m
+
+
+TAMPERINGS = [
+    "wrong_shape", "wrong_dtype", "big_endian", "nan_weight", "object_classes",
+    "unsorted_classes", "missing_member", "extra_member", "renamed_member",
+    "no_metadata", "bad_json", "json_not_object", "foreign_class",
+    "other_sklearn_class", "format_version", "format_version_str", "format_name",
+    "library_version_type", "bad_param_value", "unknown_param", "missing_param",
+    "bad_dtype_param", "hidden_sizes_changed", "huge_hidden_sizes", "huge_features",
+    "negative_outputs", "bool_outputs", "arrays_list_reordered", "n_features_mismatch",
+    "classes_dtype", "loss_curve_junk",
+]
+
+
+def test_untouched_rewrite_loads(saved, tmp_path):
+    """The tampering harness itself produces loadable files when it changes nothing
+    (so the failures below are due to the defects, not the harness)."""
+    path = _write(tmp_path / "same", _members(saved))
+    assert np.array_equal(fastrnn.load(path).predict_proba(X3),
+                          fastrnn.load(saved).predict_proba(X3))
+
+
+@pytest.mark.parametrize("name", TAMPERINGS)
+def test_tampered_file_raises_model_file_error(saved, tmp_path, name):
+    path = _write(tmp_path / "bad", _tampered(name, _members(saved)))
+    with pytest.raises(ModelFileError):
+        fastrnn.load(path)
+
+
+class _Boom:
+    triggered = False
+
+    def __reduce__(self):
+        return (_trigger, ())
+
+
+def _trigger():
+    _Boom.triggered = True
+    return "boom"
+
+
+def test_pickled_member_is_never_unpickled(saved, tmp_path):
+    members = _members(saved)
+    payload = np.array([_Boom(), _Boom()], dtype=object)
+    for target in ("classes_.npy", "coef_.npy"):
+        bad = {**members, target: _npy(payload, allow_pickle=True)}
+        with pytest.raises(ModelFileError):
+            fastrnn.load(_write(tmp_path / "bad", bad))
+    assert not _Boom.triggered
+    # Nor is a whole pickle accepted in place of a model file.
+    (tmp_path / "p").write_bytes(pickle.dumps(_Boom()))
+    with pytest.raises(ModelFileError):
+        fastrnn.load(tmp_path / "p")
+    assert not _Boom.triggered
+
+
+def test_truncated_files_raise(saved, tmp_path):
+    data = saved.read_bytes()
+    cuts = sorted(set(list(range(0, len(data), max(1, len(data) // 60)))
+                      + [len(data) - 1, len(data) - 22, 1, 4]))
+    for cut in cuts:
+        (tmp_path / "t").write_bytes(data[:cut])
+        with pytest.raises(ModelFileError):
+            fastrnn.load(tmp_path / "t")
+
+
+def test_flipped_bytes_never_load_wrongly(saved, tmp_path):
+    """Any single corrupted byte either fails with ModelFileError or (in bytes
+    nobody reads, e.g. zip comments or timestamps) loads the same model."""
+    data = bytearray(saved.read_bytes())
+    expected = fastrnn.load(saved).predict_proba(X3)
+    rng = np.random.RandomState(1)
+    for pos in rng.choice(len(data), 80, replace=False):
+        bad = bytearray(data)
+        bad[pos] ^= 0xFF
+        (tmp_path / "f").write_bytes(bytes(bad))
+        try:
+            model = fastrnn.load(tmp_path / "f")
+        except ModelFileError:
+            continue
+        assert np.array_equal(model.predict_proba(X3), expected), pos
+
+
+def test_zip_bomb_and_compression_rejected(saved, tmp_path):
+    members = _members(saved)
+    # A deflated member (how zip bombs are made) is refused before it is read.
+    bomb = {**members, "coef_.npy": members["coef_.npy"] + b"\0" * (50 << 20)}
+    path = _write(tmp_path / "bomb", bomb, compression=zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < (1 << 20)
+    with pytest.raises(ModelFileError, match="compressed"):
+        fastrnn.load(path)
+    # A stored member that declares more bytes than the file holds: patch both
+    # sizes of coef_.npy's central-directory entry to 2 GiB.
+    data = bytearray(_write(tmp_path / "plain", members).read_bytes())
+    entry = data.rfind(b"coef_.npy") - 46
+    assert data[entry:entry + 4] == b"PK\x01\x02"
+    data[entry + 20:entry + 28] = (2 ** 31).to_bytes(4, "little") * 2
+    (tmp_path / "big").write_bytes(bytes(data))
+    with pytest.raises(ModelFileError):
+        fastrnn.load(tmp_path / "big")
+
+
+def test_foreign_files_raise(tmp_path):
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "text").write_text("hello")
+    np.savez(tmp_path / "arrays.npz", a=np.zeros(3))
+    joblib.dump(_fit(RNNRegressor), tmp_path / "model.joblib")
+    for name in ("empty", "text", "arrays.npz", "model.joblib"):
+        with pytest.raises(ModelFileError):
+            fastrnn.load(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        fastrnn.load(tmp_path / "missing")
+
+
+def test_other_library_version_warns(saved, tmp_path):
+    members = _with_meta(_members(saved), lambda d: d.update(fastrnn_version="0.0.1"))
+    with pytest.warns(InconsistentVersionWarning, match="0.0.1"):
+        model = fastrnn.load(_write(tmp_path / "old", members))
+    assert np.array_equal(model.predict(X3), fastrnn.load(saved).predict(X3))
+
+
+# ------------------------------------------------------------- atomic writes
+
+def test_failed_save_leaves_existing_file_untouched(tmp_path, monkeypatch):
+    path = tmp_path / "model.fastrnn"
+    first = _fit(RNNClassifier, "int")
+    first.save(path)
+    before = path.read_bytes()
+    second = _fit(RNNRegressor)
+
+    calls = []
+
+    def failing_write(fp, arr, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            fp.write(b"partial")
+            raise OSError("disk full")
+        return real_write(fp, arr, **kw)
+
+    real_write = np.lib.format.write_array
+    monkeypatch.setattr(np.lib.format, "write_array", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        second.save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["model.fastrnn"]  # no temporary left
+    with pytest.raises(NotFittedError):
+        RNNClassifier().save(path)
+    assert path.read_bytes() == before
+    assert np.array_equal(fastrnn.load(path).predict(X3), first.predict(X3))
+    second.save(path)  # and a good save replaces it
+    assert type(fastrnn.load(path)) is RNNRegressor
+
+
+def test_unsavable_parameters_raise_before_writing(tmp_path):
+    est = _fit(RNNClassifier, "int")
+    est.set_params(class_weight={0: 1.0, 1: object()})
+    with pytest.raises((TypeError, ValueError)):
+        est.save(tmp_path / "m")
+    assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------------ pickling
+
+@pytest.mark.parametrize("cls", [RNNClassifier, RNNSequenceRegressor])
+def test_pickle_and_joblib_round_trip(tmp_path, cls):
+    est = _fit(cls, "str" if cls is RNNClassifier else "single")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InconsistentVersionWarning)
+        clone = pickle.loads(pickle.dumps(est))
+        joblib.dump(est, tmp_path / "m.joblib")
+        jl = joblib.load(tmp_path / "m.joblib")
+    _assert_identical(_predictions(clone, XR), _predictions(est, XR))
+    _assert_identical(_predictions(jl, X3), _predictions(est, X3))
+
+
+def test_pickle_from_other_version_warns():
+    est = _fit(RNNClassifier)
+    blob = pickle.dumps(est)
+    assert fastrnn.__version__.encode() in blob
+    old = blob.replace(fastrnn.__version__.encode(),
+                       b"9.9.9"[:len(fastrnn.__version__)].ljust(
+                           len(fastrnn.__version__), b"9"))
+    with pytest.warns(InconsistentVersionWarning, match="fastrnn version"):
+        clone = pickle.loads(old)
+    assert np.array_equal(clone.predict(X3), est.predict(X3))
