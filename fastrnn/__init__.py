@@ -10,12 +10,23 @@ __version__ = "0.1.0.dev0"
 from ._config import get_backend, set_backend  # noqa: E402
 from ._kernels import available_backends  # noqa: E402
 from ._persist import InconsistentVersionWarning, ModelFileError  # noqa: E402
-from .estimators import (  # noqa: E402
-    RNNClassifier,
-    RNNRegressor,
-    RNNSequenceClassifier,
-    RNNSequenceRegressor,
-)
+
+_ESTIMATORS = ("RNNClassifier", "RNNRegressor", "RNNSequenceClassifier",
+               "RNNSequenceRegressor")
+
+
+def __getattr__(name):
+    # The estimators import scikit-learn (about a second); a service that only
+    # runs layers never pays for it.
+    if name in _ESTIMATORS:
+        from . import estimators
+
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'fastrnn' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_ESTIMATORS))
 
 
 def load(path):
