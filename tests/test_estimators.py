@@ -117,7 +117,7 @@ _CHECKS_FITTING_WITH_PER_SEQUENCE_Y = [
     "check_positive_only_tag_during_fit", "check_estimators_dtypes",
     "check_sample_weights_not_an_array", "check_sample_weights_list",
     "check_all_zero_sample_weights_error", "check_sample_weights_shape",
-    "check_sample_weights_not_overwritten",
+    "check_sample_weights_not_overwritten", "check_sample_weights_pandas_series",
     "check_sample_weight_equivalence_on_dense_data", "check_dtype_object",
     "check_pipeline_consistency", "check_estimators_nan_inf",
     "check_estimators_pickle", "check_f_contiguous_array_estimator",
