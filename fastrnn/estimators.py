@@ -29,6 +29,7 @@ from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import _check_sample_weight, check_array
 
 from . import _kernels
+from ._config import thread_limit
 from ._data import per_step_targets, valid_mask, validate_sequences
 from ._network import RecurrentNetwork
 from ._training import (AdamOptimizer, NonFiniteError, SGDOptimizer, clip_grad_norm,
@@ -43,21 +44,6 @@ __all__ = [
 
 #: Sequences per chunk in predict: bounds the memory of the padded activations.
 _PREDICT_CHUNK = 2048
-
-
-def _single_threaded_blas():
-    """Context manager running BLAS on one thread (restored on exit).
-
-    Training is a long chain of small matrix products (one per time step and
-    batch), for which handing work to a second BLAS thread costs more than it
-    saves; on a busy machine OpenBLAS's waiting threads made fit up to 100
-    times slower (digits demo, 2 shared cores: 32 s instead of 0.2 s for five
-    epochs). Used around fit and partial_fit only: predict leaves the
-    process's thread settings alone, as it may be called from many threads.
-    """
-    from threadpoolctl import ThreadpoolController  # a dependency of scikit-learn
-
-    return ThreadpoolController().limit(limits=1, user_api="blas")
 
 
 def _progress_bar(total, enabled):
@@ -427,7 +413,7 @@ class _BaseRNN(BaseEstimator):
 
     def _fit(self, X, y, sample_weight=None, *, incremental=False, classes=None):
         self._check_params()
-        with _single_threaded_blas():
+        with thread_limit(1):  # why: see fastrnn._config.thread_limit
             return self._fit_single_threaded(X, y, sample_weight, incremental, classes)
 
     def _fit_single_threaded(self, X, y, sample_weight, incremental, classes):
