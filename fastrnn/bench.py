@@ -229,7 +229,7 @@ def _peers(sc, cell, x, lengths, fast):
     return peers
 
 
-def run_case(sc, cell, rounds=7, backend="auto", min_time=0.05):
+def run_case(sc, cell, rounds=7, backend="auto", min_time=0.05, settle=0.3):
     """Time fastrnn and its peers on one scenario and cell.
 
     Returns a dict with the median seconds per call of each runner and the
@@ -249,6 +249,10 @@ def run_case(sc, cell, rounds=7, backend="auto", min_time=0.05):
         times = {r.name: [] for r in runners}
         for _ in range(rounds):
             for r in runners:  # interleaved: every runner sees the same machine state
+                # Let the previous runner's thread pools (OpenBLAS, OpenMP, ONNX
+                # Runtime), which spin for a while after a call, go idle first,
+                # so that no library is timed against another's spinning threads.
+                time.sleep(settle)
                 t0 = time.perf_counter()
                 for _ in range(reps):
                     r()
@@ -261,7 +265,7 @@ def run_case(sc, cell, rounds=7, backend="auto", min_time=0.05):
     return result
 
 
-def run(scenarios=None, cells=None, rounds=7, backend="auto"):
+def run(scenarios=None, cells=None, rounds=7, backend="auto", settle=0.3):
     """Run the chosen scenarios (ids) and cells; return a list of result dicts."""
     results = []
     for sid in scenarios or SCENARIOS:
@@ -269,7 +273,7 @@ def run(scenarios=None, cells=None, rounds=7, backend="auto"):
         for cell in sc.cells:
             if cells and cell not in cells:
                 continue
-            results.append(run_case(sc, cell, rounds, backend))
+            results.append(run_case(sc, cell, rounds, backend, settle=settle))
     return results
 
 
@@ -299,9 +303,12 @@ def main(argv=None):
     parser.add_argument("--cells", nargs="*", choices=["lstm", "gru", "rnn"])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--backend", default="auto")
+    parser.add_argument("--settle", type=float, default=0.3,
+                        help="seconds of idle before each timed batch of calls, so that "
+                             "no library is timed against another's spinning threads")
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
-    results = run(args.scenarios, args.cells, args.rounds, args.backend)
+    results = run(args.scenarios, args.cells, args.rounds, args.backend, args.settle)
     if args.json:
         print(json.dumps(dict(environment=_environment(), results=results), indent=1))
         return 0

@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 
 from . import _kernels
+from ._blas import matmul
 from ._validation import as_float_array, as_random_state, check_lengths
 
 __all__ = ["RNN", "LSTM", "GRU"]
@@ -280,13 +281,12 @@ class _RNNBase:
         T, B, D = inp.shape
         w_ih, w_hh, b_ih, b_hh, w_hr, peep, _ = self._weights(k, d)
         H, R, G = self.hidden_size, self._state_size, _GATES[self._cell]
-        gx = (inp.reshape(T * B, D) @ w_ih.T).reshape(T, B, G * H)
+        gx = matmul(inp.reshape(T * B, D), w_ih, trans_b=True).reshape(T, B, G * H)
         if self.bias:
-            gx += b_ih
+            bias = b_ih + b_hh
             if self._cell == "gru":
-                gx[:, :, :2 * H] += b_hh[:2 * H]  # b_hn stays in the reset product
-            else:
-                gx += b_hh
+                bias[2 * H:] = b_ih[2 * H:]  # b_hn stays in the reset product
+            gx += bias
         reverse = bool(d)
         out = np.empty((T, B, R), self.dtype)
         dt = self.dtype
@@ -406,8 +406,9 @@ class _RNNBase:
                     dgh = dgx
                     dc0[idx] = dc
                     if self.proj_size:
-                        grads[f"weight_hr_{sfx}"] = (
-                            dhr.reshape(T * B, -1).T @ dcache["hc"].reshape(T * B, H))
+                        grads[f"weight_hr_{sfx}"] = matmul(
+                            dhr.reshape(T * B, -1), dcache["hc"].reshape(T * B, H),
+                            trans_a=True)
                     if self.peephole:
                         grads[f"weight_peephole_{sfx}"] = dpeep
                 else:
@@ -416,12 +417,13 @@ class _RNNBase:
                                          dcache["ghn"], dout, dh, dgx, dgh)
                 dh0[idx] = dh
                 dgx2 = dgx.reshape(T * B, G * H)
-                grads[f"weight_ih_{sfx}"] = dgx2.T @ inp.reshape(T * B, D)
+                grads[f"weight_ih_{sfx}"] = matmul(dgx2, inp.reshape(T * B, D),
+                                                   trans_a=True)
                 grads[f"weight_hh_{sfx}"] = self._grad_w_hh(dgh, out, h0, lengths, reverse)
                 if self.bias:
                     grads[f"bias_ih_{sfx}"] = dgx2.sum(axis=0)
                     grads[f"bias_hh_{sfx}"] = dgh.reshape(T * B, G * H).sum(axis=0)
-                dx += dgx2 @ w_ih
+                matmul(dgx2, w_ih, out=dx, accumulate=True)
             dx = dx.reshape(T, B, D)
             if layer["mask"] is not None:
                 dx *= layer["mask"]
@@ -444,12 +446,13 @@ class _RNNBase:
         T, B, GH = dgh.shape
         R = out.shape[2]
         if not reverse:
-            g = dgh[1:].reshape(-1, GH).T @ out[:-1].reshape(-1, R)
-            return g + dgh[0].T @ h0
+            g = matmul(dgh[1:].reshape(-1, GH), out[:-1].reshape(-1, R), trans_a=True)
+            return matmul(dgh[0], h0, trans_a=True, out=g, accumulate=True)
         # Reverse: step t is fed by t + 1; out is zero past each sample's end, so
         # the shifted product misses exactly the first steps, t = lengths - 1.
-        g = dgh[:-1].reshape(-1, GH).T @ out[1:].reshape(-1, R)
-        return g + dgh[lengths - 1, np.arange(B)].T @ h0
+        g = matmul(dgh[:-1].reshape(-1, GH), out[1:].reshape(-1, R), trans_a=True)
+        return matmul(dgh[lengths - 1, np.arange(B)], h0, trans_a=True, out=g,
+                      accumulate=True)
 
     # ------------------------------------------------------------ validation
 

@@ -168,18 +168,38 @@ cdef inline int _ld(Py_ssize_t n) noexcept nogil:
     return <int>n if n > 1 else 1
 
 
+cdef void _gemm_rm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n,
+                   Py_ssize_t k, const floating* a, Py_ssize_t lda,
+                   const floating* b, Py_ssize_t ldb, floating beta,
+                   floating* c, Py_ssize_t ldc) noexcept nogil:
+    """Row-major ``c (m, n) = op(a) @ op(b) + beta * c``; ``op`` transposes when
+    asked and ``lda``, ``ldb``, ``ldc`` are the row lengths in memory.
+
+    Column-major BLAS sees every row-major matrix as its transpose, so it
+    computes ``c.T (n, m) = op(b).T @ op(a).T``: the stored ``b`` is already
+    ``b.T`` to it, hence ``'N'`` for an untransposed ``b`` (likewise ``a``)."""
+    cdef int m_ = <int>m, n_ = <int>n, k_ = <int>k
+    cdef int lda_ = _ld(lda), ldb_ = _ld(ldb), ldc_ = _ld(ldc)
+    cdef floating alpha = 1
+    cdef char *ta = b"T" if trans_a else b"N"
+    cdef char *tb = b"T" if trans_b else b"N"
+    if floating is float:
+        sgemm(tb, ta, &n_, &m_, &k_, &alpha, <float*>b, &ldb_, <float*>a, &lda_,
+              &beta, c, &ldc_)
+    else:
+        dgemm(tb, ta, &n_, &m_, &k_, &alpha, <double*>b, &ldb_, <double*>a, &lda_,
+              &beta, c, &ldc_)
+
+
 cdef void _matmul_nt(floating* c, const floating* a, const floating* w,
                      Py_ssize_t n, Py_ssize_t m, Py_ssize_t k,
                      floating beta) noexcept nogil:
-    """``c (n, m) = a (n, k) @ w.T + beta * c`` with ``w`` (m, k), all C-contiguous.
-
-    Column-major: ``c.T (m, n) = w (m, k) @ a.T (k, n)``; ``w`` in memory is the
-    Fortran matrix ``w.T`` (k, m), hence ``'T'``. GEMV when ``n == 1``."""
-    cdef int n_ = <int>n, m_ = <int>m, k_ = <int>k
-    cdef int ldk = _ld(k), ldm = _ld(m), one = 1
+    """``c (n, m) = a (n, k) @ w.T + beta * c`` with ``w`` (m, k), all C-contiguous;
+    GEMV when ``n == 1`` (column-major: ``c = w.T.T @ a``, hence ``'T'``)."""
+    cdef int m_ = <int>m, k_ = <int>k
+    cdef int ldk = _ld(k), one = 1
     cdef floating alpha = 1
     cdef char *tr = b"T"
-    cdef char *nt = b"N"
     if n == 1:
         if floating is float:
             sgemv(tr, &k_, &m_, &alpha, <float*>w, &ldk, <float*>a, &one,
@@ -188,23 +208,16 @@ cdef void _matmul_nt(floating* c, const floating* a, const floating* w,
             dgemv(tr, &k_, &m_, &alpha, <double*>w, &ldk, <double*>a, &one,
                   &beta, c, &one)
     else:
-        if floating is float:
-            sgemm(tr, nt, &m_, &n_, &k_, &alpha, <float*>w, &ldk, <float*>a, &ldk,
-                  &beta, c, &ldm)
-        else:
-            dgemm(tr, nt, &m_, &n_, &k_, &alpha, <double*>w, &ldk, <double*>a, &ldk,
-                  &beta, c, &ldm)
+        _gemm_rm(False, True, n, m, k, a, k, w, k, beta, c, m)
 
 
 cdef void _matmul_nn(floating* c, const floating* a, const floating* w,
                      Py_ssize_t n, Py_ssize_t m, Py_ssize_t k,
                      floating beta) noexcept nogil:
-    """``c (n, m) = a (n, k) @ w + beta * c`` with ``w`` (k, m), all C-contiguous.
-
-    Column-major: ``c.T (m, n) = w.T (m, k) @ a.T (k, n)``; ``w`` in memory is the
-    Fortran matrix ``w.T`` (m, k), hence ``'N'``. GEMV when ``n == 1``."""
-    cdef int n_ = <int>n, m_ = <int>m, k_ = <int>k
-    cdef int ldk = _ld(k), ldm = _ld(m), one = 1
+    """``c (n, m) = a (n, k) @ w + beta * c`` with ``w`` (k, m), all C-contiguous;
+    GEMV when ``n == 1`` (column-major: ``c = w.T @ a``, hence ``'N'``)."""
+    cdef int m_ = <int>m, k_ = <int>k
+    cdef int ldm = _ld(m), one = 1
     cdef floating alpha = 1
     cdef char *nt = b"N"
     if n == 1:
@@ -215,12 +228,34 @@ cdef void _matmul_nn(floating* c, const floating* a, const floating* w,
             dgemv(nt, &m_, &k_, &alpha, <double*>w, &ldm, <double*>a, &one,
                   &beta, c, &one)
     else:
-        if floating is float:
-            sgemm(nt, nt, &m_, &n_, &k_, &alpha, <float*>w, &ldm, <float*>a, &ldk,
-                  &beta, c, &ldm)
-        else:
-            dgemm(nt, nt, &m_, &n_, &k_, &alpha, <double*>w, &ldm, <double*>a, &ldk,
-                  &beta, c, &ldm)
+        _gemm_rm(False, False, n, m, k, a, k, w, m, beta, c, m)
+
+
+def gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
+         bint trans_a=False, bint trans_b=False, double beta=0.0):
+    """``c = op(a) @ op(b) + beta * c`` in place, through the kernels' BLAS.
+
+    Not one of the six kernels: the layers' big products over all time steps
+    (see :mod:`fastrnn._blas` for why they come here). ``op`` transposes when
+    ``trans_a`` / ``trans_b`` is true; all three arrays are C-contiguous and of
+    one dtype. Runs without the GIL.
+    """
+    cdef Py_ssize_t m = a.shape[1] if trans_a else a.shape[0]
+    cdef Py_ssize_t k = a.shape[0] if trans_a else a.shape[1]
+    cdef Py_ssize_t n = b.shape[0] if trans_b else b.shape[1]
+    cdef Py_ssize_t kb = b.shape[1] if trans_b else b.shape[0]
+    if kb != k or c.shape[0] != m or c.shape[1] != n:
+        raise ValueError(
+            f"gemm: op(a) is ({m}, {k}), op(b) is ({kb}, {n}) and c is "
+            f"({c.shape[0]}, {c.shape[1]}); expected op(b) ({k}, {n}) and c ({m}, {n})")
+    if max(m, n, k) >= 2 ** 31:
+        raise OverflowError(f"gemm: dimension beyond BLAS's 32-bit range: {(m, n, k)}")
+    if m == 0 or n == 0 or k == 0:
+        raise ValueError(f"gemm: empty product of shape ({m}, {n}) over {k} terms")
+    cdef floating beta_ = <floating>beta
+    with nogil:
+        _gemm_rm(trans_a, trans_b, m, n, k, &a[0, 0], a.shape[1], &b[0, 0],
+                 b.shape[1], beta_, &c[0, 0], n)
 
 
 cdef inline void _zero(floating* p, Py_ssize_t n) noexcept nogil:
