@@ -7,11 +7,18 @@ taken, in this order, from :func:`set_backend`, from the environment variable
 """
 
 import os
+import threading
+from contextlib import contextmanager
 
 #: Order in which ``'auto'`` tries the backends: the compiled ones first.
 AUTO_ORDER = ("cython", "numba", "reference")
 
 _VALID = ("auto", "cython", "numba", "reference")
+
+#: Inference splits a batch over threads (see :func:`inference_threads`) only
+#: when each thread gets at least this many samples: below, a thread's share is
+#: too small to pay for starting it.
+MIN_SAMPLES_PER_THREAD = 32
 
 _backend = None
 
@@ -84,3 +91,58 @@ class thread_limit:
         self._blas.restore_original_limits()
         if self._torch is not None:
             self._torch.set_num_threads(self._torch_threads)
+
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_saved = None
+_blas_libs = None
+
+
+def _blas_controllers():
+    """threadpoolctl's controllers of the BLAS libraries loaded (NumPy's and
+    SciPy's OpenBLAS), found once: scanning the loaded libraries costs ~2 ms."""
+    global _blas_libs
+    if _blas_libs is None:
+        from threadpoolctl import ThreadpoolController  # a dependency of scikit-learn
+
+        _blas_libs = ThreadpoolController().select(user_api="blas").lib_controllers
+    return _blas_libs
+
+
+def inference_threads(batch_size):
+    """Threads an inference forward of ``batch_size`` samples is split over.
+
+    As many as BLAS may use (the process's setting: ``OPENBLAS_NUM_THREADS``,
+    threadpoolctl, :class:`thread_limit`), at most one per
+    ``MIN_SAMPLES_PER_THREAD`` samples. While one split forward runs, BLAS is on
+    one thread, so a forward started meanwhile from another thread runs whole
+    rather than oversubscribing the cores.
+    """
+    if batch_size < 2 * MIN_SAMPLES_PER_THREAD:
+        return 1
+    blas = max((lib.num_threads for lib in _blas_controllers()), default=1)
+    return max(1, min(blas, batch_size // MIN_SAMPLES_PER_THREAD))
+
+
+@contextmanager
+def single_threaded_blas():
+    """Run BLAS on one thread while any caller is inside; the first to enter
+    saves the settings and the last to leave restores them, so overlapping
+    calls from several threads leave the process as they found it."""
+    global _blas_users, _blas_saved
+    libs = _blas_controllers()
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_saved = [lib.num_threads for lib in libs]
+            for lib in libs:
+                lib.set_num_threads(1)
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                for lib, n in zip(libs, _blas_saved):
+                    lib.set_num_threads(n)

@@ -208,3 +208,44 @@ def test_inference_memory_independent_of_length(backend, cls):
         layer.eval()
     if cls is not RNN:  # the RNN's cache is just its output
         assert train_peak > peaks[4 * T]
+
+
+def _blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return sorted(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cls,opts", [(LSTM, dict(num_layers=2, bidirectional=True)),
+                                      (LSTM, dict(proj_size=3, batch_first=True)),
+                                      (GRU, dict(bidirectional=True)),
+                                      (RNN, dict(num_layers=2))])
+def test_batch_split_over_threads_equals_whole_batch(monkeypatch, backend, cls, opts):
+    """An inference batch split over threads gives the unsplit batch's results
+    (ragged lengths and an initial state included) and restores BLAS's threads."""
+    rng = np.random.default_rng(0)
+    B, T, D, H = 37, 9, 4, 6
+    layer = cls(D, H, backend=backend, random_state=0, dtype=np.float64, **opts).eval()
+    x = rng.standard_normal((B, T, D) if layer.batch_first else (T, B, D))
+    lengths = rng.integers(1, T + 1, B)
+    L = layer.num_layers * layer._num_directions
+    h0 = rng.standard_normal((L, B, layer._state_size))
+    hx = (h0, rng.standard_normal((L, B, H))) if cls is LSTM else h0
+
+    monkeypatch.setattr(fastrnn._config, "MIN_SAMPLES_PER_THREAD", 10 ** 9)
+    want = layer(x, hx, lengths)
+    monkeypatch.setattr(fastrnn._config, "MIN_SAMPLES_PER_THREAD", 5)
+    before = _blas_threads()
+    with fastrnn._config.thread_limit(3):
+        assert fastrnn._config.inference_threads(B) == 3
+        got = _run_threads(4, lambda i: layer(x, hx, lengths))  # overlapping splits
+    assert _blas_threads() == before
+
+    def arrays(result):  # (out, h_n) or (out, (h_n, c_n)) -> flat list
+        out, state = result
+        return [out, *(state if isinstance(state, tuple) else (state,))]
+
+    for g in got:
+        for u, v in zip(arrays(want), arrays(g), strict=True):
+            np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-13)
