@@ -19,6 +19,15 @@ UNIX_FLAGS = ["-O3"]
 # effect on the results (no -ffast-math: exactness matters).
 OPTIONAL_FLAGS = ["--param=vect-max-version-for-alias-checks=100"]
 
+# FASTRNN_CYTHON_BOUNDSCHECK=1: a checked build for CI (.ci/check_cython_bounds.sh).
+# Every memoryview index is checked (boundscheck, initializedcheck), so an
+# out-of-range one raises IndexError instead of touching memory. wraparound stays
+# off as in the normal build: with it on, a negative index would silently wrap
+# to the end of the axis instead of raising. Slower: build it in a throwaway
+# copy of the tree, never in place here, as a later normal build reuses the
+# generated C and the extension as long as the .pyx is unchanged.
+BOUNDSCHECK = os.environ.get("FASTRNN_CYTHON_BOUNDSCHECK", "") == "1"
+
 
 class BuildExt(build_ext):
     """``build_ext`` adding the optimisation flags the compiler accepts."""
@@ -68,10 +77,14 @@ def extensions():
         )
         for src in PYX_SOURCES
     ]
+    # The only place the directives are set (the .pyx header keeps just
+    # language_level and cdivision, which fix the source's semantics): a
+    # directive in the file's header would override these, and then the
+    # checked build below would silently be an unchecked one.
     exts = cythonize(exts, language_level=3, compiler_directives={
-        "boundscheck": False, "wraparound": False, "cdivision": True,
-        "initializedcheck": False,
-    })
+        "boundscheck": BOUNDSCHECK, "wraparound": False, "cdivision": True,
+        "initializedcheck": BOUNDSCHECK,
+    }, force=BOUNDSCHECK)
     for ext in exts:
         # cythonize lists the NumPy headers (absolute paths) as dependencies;
         # setuptools then warns that it cannot put them in the sdist manifest

@@ -1,5 +1,5 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-# cython: initializedcheck=False
+# cython: language_level=3, cdivision=True
+# boundscheck, wraparound, initializedcheck: set in setup.py only (a header one would win)
 """Cython backend: the kernel contract compiled ahead of time.
 
 Same six functions, argument order and in-place semantics as
