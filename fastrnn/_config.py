@@ -15,9 +15,9 @@ AUTO_ORDER = ("cython", "numba", "reference")
 
 _VALID = ("auto", "cython", "numba", "reference")
 
-#: Inference splits a batch over threads (see :func:`inference_threads`) only
-#: when each thread gets at least this many samples: below, a thread's share is
-#: too small to pay for starting it.
+#: The layers split a batch over threads (see :func:`batch_threads`) only when
+#: each thread gets at least this many samples: below, a thread's share is too
+#: small to pay for starting it.
 MIN_SAMPLES_PER_THREAD = 32
 
 _backend = None
@@ -110,8 +110,8 @@ def _blas_controllers():
     return _blas_libs
 
 
-def inference_threads(batch_size):
-    """Threads an inference forward of ``batch_size`` samples is split over.
+def batch_threads(batch_size):
+    """Threads a layer's forward (and backward) of ``batch_size`` samples is split over.
 
     As many as BLAS may use (the process's setting: ``OPENBLAS_NUM_THREADS``,
     threadpoolctl, :class:`thread_limit`), at most one per

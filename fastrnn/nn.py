@@ -15,6 +15,7 @@ BLAS matrix product each over all time steps.
 import numbers
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from functools import reduce
 
 import numpy as np
 
@@ -25,6 +26,41 @@ from ._validation import as_float_array, as_random_state, check_lengths
 __all__ = ["RNN", "LSTM", "GRU"]
 
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+def _take(a, index, axis=1):
+    """``a`` indexed along the batch ``axis`` (a slice or a permutation); None stays None."""
+    if a is None:
+        return None
+    return a[(slice(None),) * axis + (index,)]
+
+
+def _join(parts):
+    """Batch slices (axis 1) back into one array; a single slice as it is."""
+    if parts[0] is None:
+        return None
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+
+def _batch_parts(B):
+    """The batch as slices, one per thread: several only for a large batch
+    (see :func:`fastrnn._config.batch_threads`)."""
+    bounds = np.linspace(0, B, _config.batch_threads(B) + 1).astype(int)
+    return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def _map_parts(fn, items):
+    """``[fn(item) for item in items]``, one thread per item (BLAS on one thread
+    meanwhile) when there are several.
+
+    The samples of a batch are independent, so each thread runs the whole
+    network over its slice with no synchronisation, where BLAS's own threads
+    would meet twice per time step, in each step's small product.
+    """
+    if len(items) == 1:
+        return [fn(items[0])]
+    with _config.single_threaded_blas(), ThreadPoolExecutor(len(items)) as pool:
+        return list(pool.map(fn, items))
 
 
 class _RNNBase:
@@ -222,45 +258,43 @@ class _RNNBase:
         T, B, _ = x.shape
         lengths = check_lengths(lengths, B, T, unbatched)
         h0, c0 = self._check_hx(hx, B, unbatched)
-        n_threads = 1 if self.training else _config.inference_threads(B)
-        if n_threads > 1:
-            out, h_n, c_n = self._forward_split(x, lengths, h0, c0, n_threads)
-        else:
-            out, h_n, c_n = self._forward_batch(x, lengths, h0, c0)
-            if self.training:
-                self._cache["unbatched"] = unbatched
-        output = self._to_user_layout(out, None, unbatched)
-        h_n = self._state_to_user(h_n, None, unbatched)
+        masks = self._dropout_masks(T, B)
+
+        def run(part):
+            return self._forward_batch(x[:, part], _take(lengths, part, 0),
+                                       h0[:, part], _take(c0, part),
+                                       [_take(m, part) for m in masks])
+
+        parts = _batch_parts(B)
+        results = _map_parts(run, parts)
+        out, h_n, c_n = (_join(r) for r in list(zip(*results))[:3])
+        if self.training:
+            self._cache = dict(parts=list(zip(parts, (r[3] for r in results))),
+                               shape=(T, B), unbatched=unbatched)
+        output = self._to_user_layout(out, unbatched)
+        h_n = self._state_to_user(h_n, unbatched)
         if self._cell == "lstm":
-            return output, (h_n, self._state_to_user(c_n, None, unbatched))
+            return output, (h_n, self._state_to_user(c_n, unbatched))
         return output, h_n
 
-    def _forward_split(self, x, lengths, h0, c0, n_threads):
-        """Inference on ``n_threads`` slices of the batch at once, BLAS on one thread.
+    def _dropout_masks(self, T, B):
+        """Per layer, the inverted-dropout mask on its input (T, B, F), or None:
+        drawn for the whole batch up front, so the draws do not depend on how
+        the batch is split over threads."""
+        masks = [None] * self.num_layers
+        if self.training and self.dropout > 0:
+            keep = 1.0 - self.dropout
+            shape = (T, B, self._state_size * self._num_directions)
+            for k in range(1, self.num_layers):
+                masks[k] = ((self._rng.random_sample(shape) < keep) / keep if keep > 0
+                            else np.zeros(shape)).astype(self.dtype)
+        return masks
 
-        The samples of a batch are independent, so each thread runs the whole
-        network over its slice with no synchronisation, where BLAS's own threads
-        would meet twice per time step (in each step's small product).
-        """
-        bounds = np.linspace(0, x.shape[1], n_threads + 1).astype(int)
-
-        def run(i):
-            part = slice(bounds[i], bounds[i + 1])
-            return self._forward_batch(
-                np.ascontiguousarray(x[:, part]),
-                None if lengths is None else lengths[part],
-                np.ascontiguousarray(h0[:, part]),
-                None if c0 is None else np.ascontiguousarray(c0[:, part]))
-
-        with _config.single_threaded_blas(), ThreadPoolExecutor(n_threads) as pool:
-            parts = list(pool.map(run, range(n_threads)))
-        return tuple(None if p[0] is None else np.concatenate(p, axis=1)
-                     for p in zip(*parts))
-
-    def _forward_batch(self, x, lengths, h0, c0):
-        """The network over time-major ``x``; returns ``(out, h_n, c_n)`` time-major,
-        in the caller's batch order (``c_n`` None but for the LSTM). In training
-        mode, keeps what :meth:`backward` needs."""
+    def _forward_batch(self, x, lengths, h0, c0, masks):
+        """The network over time-major ``x`` (one slice of the batch); returns
+        ``(out, h_n, c_n, cache)`` time-major in the caller's batch order, ``c_n``
+        None but for the LSTM and ``cache`` what :meth:`backward` needs (None in
+        eval mode). Touches no state of the layer, so slices run concurrently."""
         T, B, _ = x.shape
         perm = None
         if lengths is None:
@@ -270,9 +304,9 @@ class _RNNBase:
             if np.any(order != np.arange(B)):
                 perm = order
                 lengths = np.ascontiguousarray(lengths[perm])
-                x = x[:, perm]
-                h0 = np.ascontiguousarray(h0[:, perm])
-                c0 = None if c0 is None else np.ascontiguousarray(c0[:, perm])
+                x, h0, c0 = (_take(a, perm) for a in (x, h0, c0))
+                masks = [_take(m, perm) for m in masks]
+        x, h0, c0 = (None if a is None else np.ascontiguousarray(a) for a in (x, h0, c0))
 
         kernels = _kernels.get_kernels(self.backend)
         training = self.training
@@ -282,12 +316,8 @@ class _RNNBase:
         c_n = np.empty_like(c0) if c0 is not None else None
         inp = x
         for k in range(self.num_layers):
-            mask = None
-            if training and k > 0 and self.dropout > 0:
-                keep = 1.0 - self.dropout
-                mask = ((self._rng.random_sample(inp.shape) < keep) / keep
-                        if keep > 0 else np.zeros(inp.shape)).astype(self.dtype)
-                inp = inp * mask
+            if masks[k] is not None:
+                inp = inp * masks[k]
             outs, dir_caches = [], []
             for d in range(self._num_directions):
                 idx = k * self._num_directions + d
@@ -301,16 +331,13 @@ class _RNNBase:
                 outs.append(out)
                 dir_caches.append(dcache)
             if training:
-                cache["layers"].append(dict(inp=inp, mask=mask, dirs=dir_caches,
+                cache["layers"].append(dict(inp=inp, mask=masks[k], dirs=dir_caches,
                                             outs=outs))
             inp = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=2)
-        if training:
-            self._cache = cache
         if perm is not None:
             inv = np.argsort(perm)
-            inp, h_n = inp[:, inv], h_n[:, inv]
-            c_n = None if c_n is None else c_n[:, inv]
-        return inp, h_n, c_n
+            inp, h_n, c_n = (_take(a, inv) for a in (inp, h_n, c_n))
+        return inp, h_n, c_n, cache
 
     def _weights(self, k, d):
         sfx = f"l{k}" + ("_reverse" if d else "")
@@ -395,24 +422,49 @@ class _RNNBase:
         if cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward() called before a "
                                "training-mode forward()")
-        perm, unbatched, lengths = cache["perm"], cache["unbatched"], cache["lengths"]
-        T, B = cache["layers"][0]["inp"].shape[:2]
-        R, H, G = self._state_size, self.hidden_size, _GATES[self._cell]
-        nd = self._num_directions
-        dt = self.dtype
-
-        dy = self._from_user_layout(grad_output, (T, B, nd * R), perm, unbatched,
-                                    "grad_output")
+        (T, B), unbatched = cache["shape"], cache["unbatched"]
+        R, H = self._state_size, self.hidden_size
+        L = self.num_layers * self._num_directions
+        dy = self._from_user_layout(grad_output, (T, B, self._num_directions * R),
+                                    unbatched, "grad_output")
         gh, gc = grad_h_n, None
         if self._cell == "lstm" and isinstance(grad_h_n, tuple):
             if len(grad_h_n) != 2:
                 raise ValueError("grad_h_n for an LSTM must be a (grad_h_n, grad_c_n) "
                                  f"tuple, got a tuple of {len(grad_h_n)}")
             gh, gc = grad_h_n
-        L = self.num_layers * nd
-        dh_all = self._grad_state(gh, (L, B, R), perm, unbatched, "grad_h_n")
-        dc_all = (self._grad_state(gc, (L, B, H), perm, unbatched, "grad_c_n")
+        dh_all = self._grad_state(gh, (L, B, R), unbatched, "grad_h_n")
+        dc_all = (self._grad_state(gc, (L, B, H), unbatched, "grad_c_n")
                   if self._cell == "lstm" else None)
+
+        def run(part_cache):
+            part, pcache = part_cache
+            return self._backward_batch(pcache, dy[:, part], dh_all[:, part],
+                                        _take(dc_all, part))
+
+        results = _map_parts(run, cache["parts"])
+        grads = [r[0] for r in results]
+        self.grads = {name: reduce(np.add, (g[name] for g in grads))
+                      for name in self._params}
+        grad_x, grad_h0, grad_c0 = (_join(r) for r in list(zip(*results))[1:])
+        grad_x = self._to_user_layout(grad_x, unbatched)
+        grad_h0 = self._state_to_user(grad_h0, unbatched)
+        if self._cell == "lstm":
+            return grad_x, (grad_h0, self._state_to_user(grad_c0, unbatched))
+        return grad_x, grad_h0
+
+    def _backward_batch(self, cache, dy, dh_all, dc_all):
+        """Backpropagation through one batch slice's forward ``cache``; takes and
+        returns time-major arrays in the caller's batch order: ``(grads, grad_x,
+        grad_h0, grad_c0)``, ``grad_c0`` None but for the LSTM."""
+        perm, lengths = cache["perm"], cache["lengths"]
+        if perm is not None:
+            dy, dh_all, dc_all = (_take(a, perm) for a in (dy, dh_all, dc_all))
+        T, B = cache["layers"][0]["inp"].shape[:2]
+        R, H, G = self._state_size, self.hidden_size, _GATES[self._cell]
+        nd = self._num_directions
+        L = self.num_layers * nd
+        dt = self.dtype
 
         kernels = _kernels.get_kernels(self.backend)
         grads = {}
@@ -472,12 +524,10 @@ class _RNNBase:
                 dx *= layer["mask"]
             dy = dx
 
-        self.grads = {name: grads[name] for name in self._params}
-        grad_x = self._to_user_layout(dy, perm, unbatched)
-        grad_h0 = self._state_to_user(dh0, perm, unbatched)
-        if self._cell == "lstm":
-            return grad_x, (grad_h0, self._state_to_user(dc0, perm, unbatched))
-        return grad_x, grad_h0
+        if perm is not None:
+            inv = np.argsort(perm)
+            dy, dh0, dc0 = (_take(a, inv) for a in (dy, dh0, dc0))
+        return grads, dy, dh0, dc0
 
     @staticmethod
     def _grad_w_hh(dgh, out, h0, lengths, reverse):
@@ -548,7 +598,7 @@ class _RNNBase:
             raise ValueError("LSTM: give both h_0 and c_0, or neither")
         return states[0], (states[1] if len(states) > 1 else None)
 
-    def _grad_state(self, value, shape, perm, unbatched, name):
+    def _grad_state(self, value, shape, unbatched, name):
         if value is None:
             return np.zeros(shape, self.dtype)
         arr = as_float_array(value, self.dtype, name)
@@ -556,11 +606,9 @@ class _RNNBase:
         if arr.shape != want:
             raise ValueError(f"{type(self).__name__}.backward: expected {name} of shape "
                              f"{want}, got {arr.shape}")
-        if unbatched:
-            arr = arr[:, None, :]
-        return np.ascontiguousarray(arr[:, perm] if perm is not None else arr)
+        return arr[:, None, :] if unbatched else arr
 
-    def _from_user_layout(self, value, shape, perm, unbatched, name):
+    def _from_user_layout(self, value, shape, unbatched, name):
         """Inverse of :meth:`_to_user_layout` for a gradient w.r.t. the output."""
         arr = as_float_array(value, self.dtype, name)
         T, B, F = shape
@@ -569,25 +617,17 @@ class _RNNBase:
             raise ValueError(f"{type(self).__name__}.backward: expected {name} of shape "
                              f"{want} (the output's), got {arr.shape}")
         if unbatched:
-            arr = arr[:, None, :]
-        elif self.batch_first:
-            arr = arr.transpose(1, 0, 2)
-        if perm is not None:
-            arr = arr[:, perm]
-        return arr
+            return arr[:, None, :]
+        return arr.transpose(1, 0, 2) if self.batch_first else arr
 
-    def _to_user_layout(self, y, perm, unbatched):
-        """Time-major, kernel-ordered ``y`` -> the caller's layout and batch order."""
-        if perm is not None:
-            y = y[:, np.argsort(perm)]
+    def _to_user_layout(self, y, unbatched):
+        """Time-major ``y`` -> the caller's layout."""
         if unbatched:
             return y[:, 0, :]
         return np.ascontiguousarray(y.transpose(1, 0, 2)) if self.batch_first else y
 
     @staticmethod
-    def _state_to_user(s, perm, unbatched):
-        if perm is not None:
-            s = s[:, np.argsort(perm)]
+    def _state_to_user(s, unbatched):
         return s[:, 0, :] if unbatched else s
 
     def __repr__(self):

@@ -158,6 +158,45 @@ def test_backend_layer_matches_reference(backend, name, cls, opts):
                         rtol)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name,cls,opts", CELLS, ids=[c[0] for c in CELLS])
+def test_batch_split_over_threads_trains_as_whole_batch(monkeypatch, backend, name, cls,
+                                                        opts):
+    """Forward and backward with the batch split over threads (ragged lengths,
+    dropout, two bidirectional layers) equal the unsplit layer's, gradients too."""
+    import fastrnn._config as config
+
+    rng = np.random.default_rng(3)
+    T, B = 5, 11
+    x = rng.standard_normal((T, B, 3))
+    lengths = random_lengths(rng, B, T)
+    layers = [make_layer(cls, opts, num_layers=2, bidirectional=True, dropout=0.3,
+                         dtype=np.float64, backend=backend, random_state=7)
+              for _ in range(2)]
+    hx = _initial_state(cls, layers[0], B, rng)
+    weights = None
+    results = []
+    for layer, min_samples in zip(layers, [10 ** 9, 3]):
+        monkeypatch.setattr(config, "MIN_SAMPLES_PER_THREAD", min_samples)
+        with config.thread_limit(3):
+            assert config.batch_threads(B) == (1 if min_samples > B else 3)
+            out, h_n = layer(x, hx, lengths=lengths)
+            weights = weights or _loss_weights(rng, out, h_n)
+            grad_x, grad_hx = layer.backward(*weights)
+        results.append((out, h_n, grad_x, grad_hx, layer.grads))
+    (want, got) = results
+
+    def flat(r):  # (out, state, grad_x, grad_state), a state an array or a tuple
+        return [a for item in r[:4] for a in (item if isinstance(item, tuple) else (item,))]
+
+    for u, v in zip(flat(want), flat(got), strict=True):
+        np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12)
+    assert set(got[4]) == set(want[4])
+    for k in want[4]:
+        np.testing.assert_allclose(got[4][k], want[4][k], rtol=1e-11, atol=1e-12,
+                                   err_msg=k)
+
+
 def test_required_backends_load():
     """numba is a runtime dependency: its backend must always load."""
     assert {"reference", "numba"} <= set(BACKENDS), BACKENDS

@@ -238,7 +238,7 @@ def test_batch_split_over_threads_equals_whole_batch(monkeypatch, backend, cls, 
     monkeypatch.setattr(fastrnn._config, "MIN_SAMPLES_PER_THREAD", 5)
     before = _blas_threads()
     with fastrnn._config.thread_limit(3):
-        assert fastrnn._config.inference_threads(B) == 3
+        assert fastrnn._config.batch_threads(B) == 3
         got = _run_threads(4, lambda i: layer(x, hx, lengths))  # overlapping splits
     assert _blas_threads() == before
 
