@@ -36,7 +36,13 @@ _jit = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMAT
 # Float32 takes a rational approximation of tanh (error below 4e-7, inside
 # float32's parity tolerance) because, unlike libm calls, it vectorises: the
 # gate loops are where the time goes. Float64 keeps exact libm maths.
-_TANH_CLAMP = 7.90531110763549805  # beyond it the float32 rational saturates to +-1
+# At and beyond +-_TANH_CLAMP the result is exactly +-1, so a saturated gate's
+# derivative (1 - tanh^2, s * (1 - s)) is exactly 0, as with np.tanh: the rational
+# itself only reaches 1 - 2.4e-7 there, a "derivative" that huge inputs (1e30)
+# magnified into gradients of 1e24. tanh(7.9053) = 1 - 2.7e-7, so the jump to 1
+# costs at most 2.7e-7, inside the bound above (float32 tanh only rounds to 1
+# from 9.0109 on; NumPy's from 10), and keeps the function monotone.
+_TANH_CLAMP = 7.90531110763549805
 _TANH_P = (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05,
            5.12229709037114e-08, -8.60467152213735e-11, 2.00018790482477e-13,
            -2.76076847742355e-16)
@@ -46,10 +52,13 @@ _TANH_Q = (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04,
 
 @_jit
 def _tanh_rational(x):
-    """Float32 tanh as an odd rational function of degree 13/6 on a clamped input."""
+    """Float32 tanh as an odd rational function of degree 13/6 on a clamped input,
+    exactly +-1 from the clamp on. Branch-free (min/max and a select, no early
+    return) so that the gate loops calling it still vectorise."""
     p0, p1, p2, p3, p4, p5, p6 = _TANH_P
     q0, q1, q2, q3 = _TANH_Q
     lim = np.float32(_TANH_CLAMP)
+    one = np.float32(1.0)
     x = min(max(x, -lim), lim)
     x2 = x * x
     p = np.float32(p6)
@@ -63,7 +72,9 @@ def _tanh_rational(x):
     q = q * x2 + np.float32(q2)
     q = q * x2 + np.float32(q1)
     q = q * x2 + np.float32(q0)
-    return x * p / q
+    r = x * p / q
+    # x is clamped: |x| >= lim means it was at or past the clamp (NaN gives r)
+    return one if x >= lim else (-one if x <= -lim else r)
 
 
 @_jit
