@@ -432,10 +432,11 @@ def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
     if T == 0 or B == 0:
         return
     cdef const floating* w_p = &w_hh[0, 0]
-    cdef const floating* wr_p = &w_hr[0, 0]
-    cdef const floating* p0 = &peep[0, 0]
-    cdef const floating* p1 = p0 + H
-    cdef const floating* p2 = p0 + 2 * H
+    # (no projection / no peepholes: zero-size arrays, never read)
+    cdef const floating* wr_p = &w_hr[0, 0] if has_proj else NULL
+    cdef const floating* p0 = &peep[0, 0] if has_peep else NULL
+    cdef const floating* p1 = p0 + H if has_peep else NULL
+    cdef const floating* p2 = p0 + 2 * H if has_peep else NULL
     cdef const int64_t* len_p = &lengths[0]
     cdef floating* h_p = &h[0, 0]
     cdef floating* c_p = &c[0, 0]
@@ -511,15 +512,15 @@ def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
                         _copy(h_p, outt, nb * R)
                     if training:
                         _copy(&hc[t, 0, 0], hcell, nb * H)
-                        _zero(&hc[t, nb, 0], (B - nb) * H)
+                        _zero(&hc[t, 0, 0] + nb * H, (B - nb) * H)
                 else:
                     _copy(outt, h_p, nb * R)
                 _zero(outt + nb * R, (B - nb) * R)
                 if training:
                     _copy(&gates[t, 0, 0], buf, nb * G)
-                    _zero(&gates[t, nb, 0], (B - nb) * G)
+                    _zero(&gates[t, 0, 0] + nb * G, (B - nb) * G)
                     _copy(&cs[t, 0, 0], c_p, nb * H)
-                    _zero(&cs[t, nb, 0], (B - nb) * H)
+                    _zero(&cs[t, 0, 0] + nb * H, (B - nb) * H)
     finally:
         free(buf)
         free(tcb)
@@ -563,10 +564,11 @@ def lstm_backward(const floating[:, ::1] w_hh, const floating[:, ::1] w_hr,
     if T == 0 or B == 0:
         return
     cdef const floating* w_p = &w_hh[0, 0]
-    cdef const floating* wr_p = &w_hr[0, 0]
-    cdef const floating* p0 = &peep[0, 0]
-    cdef const floating* p1 = p0 + H
-    cdef const floating* p2 = p0 + 2 * H
+    # (no projection / no peepholes: zero-size arrays, never read)
+    cdef const floating* wr_p = &w_hr[0, 0] if has_proj else NULL
+    cdef const floating* p0 = &peep[0, 0] if has_peep else NULL
+    cdef const floating* p1 = p0 + H if has_peep else NULL
+    cdef const floating* p2 = p0 + 2 * H if has_peep else NULL
     cdef const int64_t* len_p = &lengths[0]
     cdef floating* dh_p = &dh[0, 0]
     cdef floating* dc_p = &dc[0, 0]
@@ -665,7 +667,7 @@ def lstm_backward(const floating[:, ::1] w_hh, const floating[:, ::1] w_hr,
                             dar[2 * H + j] = gc * i * (one - g * g)
                             dar[3 * H + j] = dao
                             dcr[j] = gc * f
-                _zero(&dgx[t, nb, 0], (B - nb) * G)
+                _zero(&dgx[t, 0, 0] + nb * G, (B - nb) * G)
                 if nb > 0:
                     # dh[:nb] = da @ W_hh (dh[:nb] was consumed above)
                     _matmul_nn(dh_p, &dgx[t, 0, 0], w_p, nb, R, G, zero)
@@ -742,12 +744,12 @@ def gru_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
                         z = ar[H + j]
                         hr[j] = (one - z) * ar[2 * H + j] + z * hr[j]
                 _copy(&out[t, 0, 0], h_p, nb * H)
-                _zero(&out[t, nb, 0], (B - nb) * H)
+                _zero(&out[t, 0, 0] + nb * H, (B - nb) * H)
                 if training:
                     _copy(&gates[t, 0, 0], buf, nb * G)
-                    _zero(&gates[t, nb, 0], (B - nb) * G)
+                    _zero(&gates[t, 0, 0] + nb * G, (B - nb) * G)
                     _copy(&ghn[t, 0, 0], hnb, nb * H)
-                    _zero(&ghn[t, nb, 0], (B - nb) * H)
+                    _zero(&ghn[t, 0, 0] + nb * H, (B - nb) * H)
     finally:
         free(buf)
         free(hnb)
@@ -818,8 +820,8 @@ def gru_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
                     drr[2 * H + j] = dan * r
                     # the direct path; the recurrent one is added below
                     dhb[j] = g * z
-            _zero(&dgx[t, nb, 0], (B - nb) * G)
-            _zero(&dgh[t, nb, 0], (B - nb) * G)
+            _zero(&dgx[t, 0, 0] + nb * G, (B - nb) * G)
+            _zero(&dgh[t, 0, 0] + nb * G, (B - nb) * G)
             if nb > 0:
                 # dh[:nb] = g * z + dgh[t, :nb] @ W_hh
                 _matmul_nn(dh_p, &dgh[t, 0, 0], w_p, nb, H, G, one)
