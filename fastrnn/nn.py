@@ -347,7 +347,34 @@ class _RNNBase:
                 p.get(f"weight_hr_{sfx}"), p.get(f"weight_peephole_{sfx}"), sfx)
 
     def _forward_direction(self, kernels, inp, k, d, lengths, h, c, training):
-        """One layer, one direction: input GEMM, then the recurrent kernel."""
+        """One layer, one direction: input GEMM, then the recurrent kernel.
+
+        In eval mode the steps go in blocks of ``_config.INFERENCE_BLOCK_STEPS``,
+        each its own GEMM and kernel call with the running state carried over,
+        so the gate pre-activations never take more than one block's memory.
+        Returns the output (T, B, R) and, in training mode, the kernel caches.
+        """
+        T, B, _ = inp.shape
+        step = T if training else min(T, _config.INFERENCE_BLOCK_STEPS)
+        if step == T:
+            return self._forward_block(kernels, inp, k, d, lengths, h, c, training)
+        out = np.zeros((T, B, self._state_size), self.dtype)
+        starts = range(0, T, step)
+        for t0 in (reversed(starts) if d else starts):
+            t1 = min(t0 + step, T)
+            nb = int(np.count_nonzero(lengths > t0))  # active: a prefix (sorted)
+            if nb == 0:
+                continue
+            # each active sample's steps inside the block: in [1, t1 - t0], sorted
+            blk_lengths = np.minimum(lengths[:nb] - t0, t1 - t0)
+            out[t0:t1, :nb], _ = self._forward_block(
+                kernels, inp[t0:t1, :nb], k, d, blk_lengths, h[:nb],
+                None if c is None else c[:nb], training)
+        return out, None
+
+    def _forward_block(self, kernels, inp, k, d, lengths, h, c, training):
+        """Input GEMM and recurrent kernel over all of ``inp``'s steps; ``h`` and
+        ``c`` (C-contiguous) are carried in place."""
         T, B, D = inp.shape
         w_ih, w_hh, b_ih, b_hh, w_hr, peep, _ = self._weights(k, d)
         H, R, G = self.hidden_size, self._state_size, _GATES[self._cell]

@@ -197,6 +197,31 @@ def test_batch_split_over_threads_trains_as_whole_batch(monkeypatch, backend, na
                                    err_msg=k)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name,cls,opts", CELLS, ids=[c[0] for c in CELLS])
+def test_inference_in_blocks_of_steps_equals_whole_sequence(monkeypatch, backend, name,
+                                                           cls, opts):
+    """Eval mode runs the steps in blocks (state carried over, each sample's
+    own end and reverse start respected): same results as one block."""
+    import fastrnn._config as config
+
+    rng = np.random.default_rng(4)
+    T, B = 10, 6
+    layer = make_layer(cls, opts, num_layers=2, bidirectional=True, dtype=np.float64,
+                       backend=backend, random_state=2).eval()
+    x = rng.standard_normal((T, B, 3))
+    lengths = np.array([10, 3, 7, 1, 9, 4])  # ends inside, at and between blocks
+    hx = _initial_state(cls, layer, B, rng)
+    monkeypatch.setattr(config, "INFERENCE_BLOCK_STEPS", T)
+    want = layer(x, hx, lengths=lengths)
+    monkeypatch.setattr(config, "INFERENCE_BLOCK_STEPS", 3)
+    got = layer(x, hx, lengths=lengths)
+    flat = [a for r in (want, got) for item in r
+            for a in (item if isinstance(item, tuple) else (item,))]
+    for u, v in zip(flat[:len(flat) // 2], flat[len(flat) // 2:], strict=True):
+        np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12)
+
+
 def test_required_backends_load():
     """numba is a runtime dependency: its backend must always load."""
     assert {"reference", "numba"} <= set(BACKENDS), BACKENDS
