@@ -8,6 +8,8 @@ parameter arrays in place (``update_params``), is told when an epoch ends
 lowers the learning rate (``trigger_stopping``).
 """
 
+import math
+
 import numpy as np
 
 __all__ = [
@@ -150,14 +152,47 @@ def clip_grad_norm(grads, max_norm):
 
     As ``torch.nn.utils.clip_grad_norm_``: the norm is taken over all arrays
     together, and all are multiplied by ``max_norm / (norm + 1e-6)`` when it
-    exceeds ``max_norm``. Returns the norm before clipping.
+    exceeds ``max_norm``.
+
+    The norm is computed in float64 whatever the gradients' dtype, so float32
+    gradients up to float32's largest value neither overflow (``1e20**2`` is
+    infinite in float32) nor underflow; float64 gradients too large to square
+    are rescaled by their largest magnitude first. The norm is infinite or NaN
+    only when a gradient is; the gradients are then left as they are (not
+    turned into NaN by a zero factor), for the caller to treat as divergence.
+
+    Parameters
+    ----------
+    grads : list of ndarray
+        Gradients of one floating dtype, modified in place.
+    max_norm : float or None
+        None computes the norm without clipping.
+
+    Returns
+    -------
+    norm : float
+        The global norm before clipping.
     """
-    norm = float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads)))
-    if max_norm is not None and norm > max_norm:
+    with np.errstate(over="ignore"):  # an overflow is handled just below
+        norm = math.sqrt(sum(_sum_of_squares(g) for g in grads))
+    if math.isinf(norm):  # float64 squares overflowed: |g| > ~1e154, or g infinite
+        amax = max(float(np.max(np.abs(g))) for g in grads if g.size)
+        if math.isfinite(amax):
+            norm = amax * math.sqrt(sum(_sum_of_squares(g / amax) for g in grads))
+    if max_norm is not None and math.isfinite(norm) and norm > max_norm:
         scale = max_norm / (norm + 1e-6)
         for g in grads:
-            g *= scale
+            if scale >= np.finfo(g.dtype).tiny:
+                g *= scale
+            else:  # the factor is subnormal in g's dtype and would lose its digits
+                np.multiply(g, scale, out=g, dtype=np.float64, casting="same_kind")
     return norm
+
+
+def _sum_of_squares(g):
+    """``sum(g**2)`` accumulated in float64."""
+    g = np.asarray(g, dtype=np.float64).ravel()
+    return float(np.dot(g, g))
 
 
 def log_softmax(z):

@@ -3,6 +3,7 @@ errors, the network's gradients, truncated BPTT and the optimizers against
 PyTorch, the training loop (early stopping, interruption, partial and warm
 fits, weights), round trips, the preprocessing and the command line."""
 
+import math
 import pickle
 import re
 import sys
@@ -554,6 +555,40 @@ def test_clip_grad_norm_matches_pytorch():
         assert norm == pytest.approx(ref_norm.item(), rel=1e-12)
         for g, tp in zip(grads, tparams):
             np.testing.assert_allclose(g, tp.grad.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["float32_1e20", "float32_max", "float32_tiny",
+                                  "float64_1e200", "mixed_scales"])
+def test_clip_grad_norm_is_exact_for_extreme_gradients(case):
+    """The norm is the float64 (math.hypot) norm of all entries, without the
+    float32 overflow of 1e20**2 that made it infinite and zeroed the gradients;
+    clipped gradients have norm max_norm and keep their direction."""
+    rng = np.random.RandomState(31)
+    grads = {
+        "float32_1e20": lambda: [np.full(4, 1e20, np.float32)],
+        "float32_max": lambda: [np.full(1000, 3e38, np.float32),
+                                -np.full((3, 2), 1e38, np.float32)],
+        "float32_tiny": lambda: [np.full(4, 1e-30, np.float32)],
+        "float64_1e200": lambda: [np.full(3, 1e200), rng.standard_normal(5) * 1e300],
+        "mixed_scales": lambda: [rng.standard_normal((4, 3)).astype(np.float32) * 1e19,
+                                 rng.standard_normal(7).astype(np.float32)],
+    }[case]()
+    max_norm = 5.0
+    flat = np.concatenate([g.astype(np.float64).ravel() for g in grads])
+    oracle = math.hypot(*flat)
+    before = [g.copy() for g in grads]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warning either
+        norm = clip_grad_norm(grads, max_norm)
+    assert norm == pytest.approx(oracle, rel=1e-12)
+    after = np.concatenate([g.astype(np.float64).ravel() for g in grads])
+    assert all(g.dtype == b.dtype for g, b in zip(grads, before))
+    if oracle > max_norm:
+        assert math.hypot(*after) == pytest.approx(max_norm, rel=1e-6)
+        np.testing.assert_allclose(after, flat * (max_norm / oracle), rtol=1e-6,
+                                   atol=1e-6 * max_norm / np.sqrt(flat.size))
+    else:
+        assert np.array_equal(after, flat)
 
 
 # ================================================================ training loop
