@@ -368,11 +368,27 @@ class _BaseRNN(BaseEstimator):
         return tuple(int(h) for h in sizes)
 
     def _check_params(self):
-        self._hidden_sizes()
+        """The checks of the parameters that ``_parameter_constraints`` cannot
+        express; fit and :func:`fastrnn.load` both run them.
+
+        Returns
+        -------
+        hidden_sizes : tuple of int
+            ``hidden_layer_sizes``, validated.
+
+        Raises
+        ------
+        ValueError
+            A parameter value, or a combination, that cannot be trained.
+        ImportError
+            ``backend`` names a backend that is not built here.
+        """
+        sizes = self._hidden_sizes()
         if self.bptt_length is not None and self.bidirectional:
             raise ValueError("bptt_length cannot be combined with bidirectional=True: "
                              "the reverse direction needs the whole sequence.")
         _kernels.resolve_backend(self.backend)  # ImportError if it is not built
+        return sizes
 
     def _build_network(self, n_features, n_outputs, rng):
         """A freshly initialised network; ``rng`` is the first thing that draws."""
@@ -401,6 +417,35 @@ class _BaseRNN(BaseEstimator):
                              "(all sample weights are zero).")
         return sw
 
+    def _weight_sum(self, weights, dtype):
+        """The sum of the combined weights of every loss term (``sample_weight``
+        times the class weight, zero on padding), which must be positive and
+        finite: every batch's share of it then is too, and no weighted loss
+        overflows. Nor may the L2 term's ``alpha / (a batch's weight)`` overflow
+        ``dtype``, the model's."""
+        with np.errstate(over="ignore"):
+            total = float(weights.sum())
+        class_weight = getattr(self, "class_weight", None)
+        what = ("sample_weight times class_weight" if class_weight is not None
+                else "sample_weight")
+        if total > 0 and np.isfinite(total):
+            smallest = float(weights[weights > 0].min())  # no batch weighs less
+            if self.alpha / smallest <= float(np.finfo(dtype).max):
+                return total
+            raise ValueError(f"The training weights ({what}) are too small: the L2 "
+                             f"term's alpha / weight = {self.alpha!r} / {smallest:.3g} "
+                             f"overflows {np.dtype(dtype).name}. Multiply sample_weight "
+                             "by a constant: only the ratios of the weights matter (and, "
+                             "through their sum, the strength of alpha).")
+        if total == 0:
+            raise ValueError(f"The training weights ({what}) are all zero; expected at "
+                             "least one sequence with a positive weight. Got "
+                             f"class_weight={class_weight!r}.")
+        raise ValueError(f"The training weights ({what}) sum to infinity (the largest "
+                         f"is {float(weights.max()):.3g}); expected a finite sum. Divide "
+                         "sample_weight by a constant: only the ratios of the weights "
+                         "matter (and, through the sum, the strength of alpha).")
+
     def _batches(self, n):
         if self.batch_size == "auto":
             return min(200, n)
@@ -424,7 +469,10 @@ class _BaseRNN(BaseEstimator):
         target, weights = self._prepare_targets(y, seqs, first=first,
                                                 incremental=incremental, classes=classes)
         sw = self._sample_weight(sample_weight, seqs.n_samples)
-        weights = weights * (sw if not self._per_step else sw[None, :])
+        with np.errstate(over="ignore"):  # an infinite product fails _weight_sum
+            weights = weights * (sw if not self._per_step else sw[None, :])
+        weight_sum = self._weight_sum(weights, np.dtype(self.dtype) if first
+                                      else self._network.dtype)
 
         if first:
             self._random_state = check_random_state(self.random_state)
@@ -513,9 +561,12 @@ class _BaseRNN(BaseEstimator):
                     if not all(np.isfinite(p).all() for p in params):
                         diverged = True
                         break
-                    total_loss += loss * w_sum
-                    total_w += w_sum
+                    share = w_sum / weight_sum  # <= 1: the products cannot overflow
+                    total_loss += loss * share
+                    total_w += share
                 if diverged:
+                    if first and not self.n_iter_:
+                        self._diverged_in_first_epoch()  # raises
                     self._diverged(net, good_weights)
                     exhausted = False
                     break
@@ -660,6 +711,19 @@ class _ClassifierMixin:
     """Label handling shared by the two classifiers."""
 
     _loss = "log_loss"
+
+    def _check_params(self):
+        """As :meth:`_BaseRNN._check_params`, and the weights of a ``class_weight``
+        dict must be finite and non-negative real numbers."""
+        sizes = super()._check_params()
+        if isinstance(self.class_weight, dict):
+            for label, w in self.class_weight.items():
+                if (isinstance(w, (bool, np.bool_)) or not isinstance(w, Real)
+                        or not (np.isfinite(w) and w >= 0)):
+                    raise ValueError(
+                        "class_weight must map labels to finite, non-negative numbers; "
+                        f"got {w!r} for label {label!r}.")
+        return sizes
 
     def _encode_labels(self, labels, *, first, incremental, classes):
         if first:

@@ -349,6 +349,36 @@ def test_malformed_y_and_params_are_rejected():
         RNNSequenceRegressor().predict(X)
 
 
+@pytest.mark.parametrize("cls", [RNNClassifier, RNNSequenceClassifier])
+@pytest.mark.parametrize("class_weight, match", [
+    ({"a": -5.0}, r"finite, non-negative numbers; got -5.0 for label 'a'"),
+    ({"a": np.nan}, r"finite, non-negative numbers; got nan for label 'a'"),
+    ({"a": 1.0, "b": np.inf}, r"finite, non-negative numbers; got inf for label 'b'"),
+    ({"a": "2"}, r"finite, non-negative numbers; got '2' for label 'a'"),
+    ({"a": True}, r"finite, non-negative numbers; got True for label 'a'"),
+    ({"a": 0, "b": 0}, r"training weights \(sample_weight times class_weight\) are "
+                       r"all zero; expected at least one"),
+])
+def test_class_weight_values_are_checked(cls, class_weight, match):
+    """Negative, NaN, infinite or non-numeric class weights, or class weights that
+    leave no positive weight, fail fit with a clear error (they trained with a
+    NaN loss curve, or 'diverged') and leave the estimator unfitted."""
+    rng = np.random.RandomState(23)
+    X = rng.standard_normal((12, 4, 2))
+    labels = np.array(["a", "b"])[np.arange(12) % 2]
+    y = labels if cls is RNNClassifier else np.repeat(labels[:, None], 4, axis=1)
+    est = cls((3,), max_iter=2, class_weight=class_weight, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(ValueError, match=match):
+            est.fit(X, y)
+    with pytest.raises(NotFittedError):
+        est.predict(X)
+    # A zero weight for some classes is fine: the loss is finite.
+    est.set_params(class_weight={"a": 0.0}).fit(X, y)
+    assert np.isfinite(est.loss_curve_).all() and len(est.loss_curve_) == 2
+
+
 # ==================================================================== gradients
 
 # (cell, pooling or None for per-step, bidirectional, merge, loss)
@@ -769,6 +799,39 @@ def test_class_weight_equals_sample_weight():
         b = RNNClassifier(**kw).fit(X, y, sample_weight=compute_sample_weight(cw, y))
         for wa, wb in zip(_weights(a), _weights(b)):
             np.testing.assert_allclose(wa, wb, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("cls", [RNNRegressor, RNNSequenceRegressor])
+def test_huge_sample_weights_train_as_unit_weights(cls):
+    """Only the ratios of the weights matter (alpha=0): sample_weight 1e306 trains
+    exactly like 1, though every loss * weight would overflow (the epoch loss was
+    inf). Weights summing to infinity, or so small that alpha / weight overflows,
+    are refused with a clear error (they gave overflow warnings and a NaN loss)."""
+    rng = np.random.RandomState(26)
+    X = rng.standard_normal((20, 4, 2))
+    y = 30 * (rng.standard_normal(20) if cls is RNNRegressor
+              else rng.standard_normal((20, 4)))
+    kw = dict(hidden_layer_sizes=(3,), max_iter=3, alpha=0.0, batch_size=8,
+              random_state=0, dtype=np.float64)
+    unit = cls(**kw).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        huge = cls(**kw).fit(X, y, sample_weight=np.full(20, 1e306))
+        np.testing.assert_allclose(huge.loss_curve_, unit.loss_curve_, rtol=1e-12)
+        for a, b in zip(_weights(huge), _weights(unit)):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+        with pytest.raises(ValueError, match=r"\(sample_weight\) sum to infinity \(the "
+                                             r"largest is 1e\+308\); expected a finite"):
+            cls(**kw).fit(X, y, sample_weight=np.full(20, 1e308))
+        sw = np.ones(20)
+        sw[5] = 1e-320
+        with pytest.raises(ValueError, match=r"too small: the L2 term's alpha / weight "
+                                             r"= 0.0001 / 1e-320 overflows float32"):
+            cls(**{**kw, "alpha": 1e-4, "dtype": np.float32}).fit(X, y, sample_weight=sw)
+    clf = RNNClassifier(class_weight={0: 1e300}, **kw)
+    with pytest.raises(ValueError, match=r"\(sample_weight times class_weight\) sum "
+                                         "to infinity"):
+        clf.fit(X, np.arange(20) % 2, sample_weight=np.full(20, 1e300))
 
 
 def test_per_step_y_as_list_or_padded_array():
