@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.utils.validation import _check_feature_names, check_array, validate_data
 
+from ._validation import as_float_array, check_finite
+
 FLOAT_DTYPES = (np.float64, np.float32)
 
 _FORMATS_HELP = ("a 3-D array (n_samples, n_timesteps, n_features), a 2-D array "
@@ -92,9 +94,16 @@ def validate_sequences(estimator, X, *, reset, dtype):
     Raises
     ------
     ValueError
-        Empty input, NaN or infinity, a zero-length sequence, sequences with
-        different numbers of features, a 1-D or 4-D array, or a number of
-        features that differs from the one seen in fit (the message names both).
+        Empty input, NaN or infinity, values too large for ``dtype`` (1e39
+        for float32), a zero-length sequence, sequences with different numbers
+        of features, a 1-D or 4-D array, or a number of features that differs
+        from the one seen in fit (the message names both).
+
+    Notes
+    -----
+    scikit-learn's ``check_array`` converts X but does not check its values
+    (``ensure_all_finite=False``): :func:`fastrnn._validation.check_finite`
+    does, once, before the cast to ``dtype``.
     TypeError
         Sparse input, or elements of a list that are not arrays of numbers.
     """
@@ -116,20 +125,24 @@ def validate_sequences(estimator, X, *, reset, dtype):
         ndim = getattr(X, "ndim", None)
         if ndim is None:
             X = check_array(X, allow_nd=True, ensure_2d=False, dtype=FLOAT_DTYPES,
-                            input_name="X")
+                            input_name="X", ensure_all_finite=False)
             ndim = X.ndim
         if ndim == 2:
             if reset or getattr(estimator, "_fit_2d", False):
-                arr = validate_data(estimator, X, reset=reset, dtype=FLOAT_DTYPES)
+                arr = validate_data(estimator, X, reset=reset, dtype=FLOAT_DTYPES,
+                                    ensure_all_finite=False)
             else:
-                arr = check_array(X, dtype=FLOAT_DTYPES, input_name="X")
+                arr = check_array(X, dtype=FLOAT_DTYPES, input_name="X",
+                                  ensure_all_finite=False)
+            check_finite(arr, dtype, "Input X")
             data = np.ascontiguousarray(arr.T[:, :, None], dtype=dtype)
             seqs = Sequences(data, np.full(arr.shape[0], arr.shape[1], np.int64),
                              "array2d")
             n_in = arr.shape[1]
             fit_2d = True
         elif ndim == 3:
-            arr = check_array(X, allow_nd=True, dtype=FLOAT_DTYPES, input_name="X")
+            arr = check_array(X, allow_nd=True, dtype=FLOAT_DTYPES, input_name="X",
+                              ensure_all_finite=False)
             n, T, D = arr.shape
             if T == 0:
                 raise ValueError(f"Found X of shape {arr.shape}: sequences with zero time "
@@ -137,6 +150,7 @@ def validate_sequences(estimator, X, *, reset, dtype):
             if D == 0:
                 raise ValueError(f"Found X of shape {arr.shape} with 0 feature(s) per "
                                  "time step, while a minimum of 1 is required.")
+            check_finite(arr, dtype, "Input X")
             data = np.ascontiguousarray(arr.transpose(1, 0, 2), dtype=dtype)
             seqs = Sequences(data, np.full(n, T, np.int64), "array3d")
             n_in = D
@@ -196,8 +210,7 @@ def _fast_array_path(estimator, X, dtype):
             return None
         data = X.transpose(1, 0, 2)
         fmt = "array3d"
-    if not np.isfinite(X).all():
-        raise ValueError("Input X contains NaN or infinity.")
+    check_finite(X, dtype, "Input X")
     return Sequences(np.ascontiguousarray(data, dtype=dtype),
                      np.full(X.shape[0], X.shape[1], np.int64), fmt)
 
@@ -230,7 +243,7 @@ def _from_list(X, dtype):
                             "(use .toarray()).")
         _reject_strings(seq, f"X[{i}]")
         a = check_array(seq, ensure_2d=False, dtype=FLOAT_DTYPES, input_name=f"X[{i}]",
-                        ensure_min_samples=0)
+                        ensure_min_samples=0, ensure_all_finite=False)
         if a.ndim == 0 or a.ndim > 2:
             raise ValueError(f"X[{i}] has shape {a.shape}: each sequence in a list must "
                              "be a 2-D array (n_timesteps, n_features) or a 1-D array "
@@ -238,6 +251,7 @@ def _from_list(X, dtype):
         if a.shape[0] == 0:
             raise ValueError(f"X[{i}] has zero time steps (shape {a.shape}); every "
                              "sequence needs at least one.")
+        check_finite(a, dtype, f"Input X[{i}]")
         elem_ndim.append(a.ndim)
         arrays.append(a if a.ndim == 2 else a[:, None])
     D = arrays[0].shape[1]
@@ -260,7 +274,7 @@ def valid_mask(lengths, T):
     return np.arange(T)[:, None] < lengths[None, :]
 
 
-def per_step_targets(y, seqs, *, numeric, name="y"):
+def per_step_targets(y, seqs, *, numeric, name="y", dtype=np.float64):
     """Per-time-step targets aligned with ``seqs``, time-major and padded.
 
     Parameters
@@ -272,11 +286,16 @@ def per_step_targets(y, seqs, *, numeric, name="y"):
         ``(T_i, n_targets)``), one per sequence, each exactly as long as it.
     numeric : bool
         Regression targets (finite floats) rather than class labels.
+    name : str, default='y'
+        How the error messages call ``y``.
+    dtype : numpy floating dtype, default=numpy.float64
+        The dtype of numeric targets: they must be finite in it.
 
     Returns
     -------
     Y : ndarray of shape (T, n_samples) or (T, n_samples, n_targets)
         Time-major; padding holds a copy of a valid value (never used).
+        Numeric targets have ``dtype``.
     multi : bool
         Whether there is a target axis (y given with one more dimension).
     """
@@ -333,10 +352,7 @@ def per_step_targets(y, seqs, *, numeric, name="y"):
         if not mask.all():  # padding may hold anything: overwrite it with a valid value
             Y[~mask] = Y[0, 0]
     if numeric:
-        if Y.dtype.kind not in "biuf":
-            raise TypeError(f"{name} must hold real numbers, got dtype {Y.dtype}")
-        if not np.isfinite(Y).all():
-            raise ValueError(f"Input {name} contains NaN or infinity.")
+        Y = as_float_array(Y, dtype, f"Input {name}")
         if not multi:
             Y = Y[..., None]
     return Y, multi

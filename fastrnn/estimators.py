@@ -34,6 +34,7 @@ from ._data import per_step_targets, valid_mask, validate_sequences
 from ._network import RecurrentNetwork
 from ._training import (AdamOptimizer, NonFiniteError, SGDOptimizer, clip_grad_norm,
                         log_softmax)
+from ._validation import as_float_array
 
 __all__ = [
     "RNNClassifier",
@@ -1000,7 +1001,8 @@ class RNNRegressor(RegressorMixin, _BaseRNN):
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the "
                              "target y is None.")
-        y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
+        y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y",
+                        ensure_all_finite=False)  # checked below, in the model's dtype
         if y.ndim not in (1, 2):
             raise ValueError(f"y must be 1-D (n_samples,) or 2-D (n_samples, n_targets), "
                              f"got shape {y.shape}.")
@@ -1014,8 +1016,8 @@ class RNNRegressor(RegressorMixin, _BaseRNN):
         elif y2.shape[1] != self.n_outputs_:
             raise ValueError(f"y has {y2.shape[1]} targets, but {type(self).__name__} was "
                              f"fitted with {self.n_outputs_}.")
-        return y2.astype(self._work_dtype() if not first else np.dtype(self.dtype)), \
-            np.ones(y.shape[0])
+        dtype = np.dtype(self.dtype) if first else self._work_dtype()
+        return as_float_array(y2, dtype, "Input y"), np.ones(y.shape[0])
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None):
@@ -1282,7 +1284,8 @@ class RNNSequenceRegressor(_PerStepMixin, RegressorMixin, _BaseRNN):
         return tags
 
     def _prepare_targets(self, y, seqs, *, first, incremental, classes):
-        Y, multi = per_step_targets(y, seqs, numeric=True)
+        dtype = np.dtype(self.dtype) if first else self._work_dtype()
+        Y, multi = per_step_targets(y, seqs, numeric=True, dtype=dtype)
         if first:
             self.n_outputs_ = Y.shape[2]
             self._y_multi = multi
@@ -1290,8 +1293,7 @@ class RNNSequenceRegressor(_PerStepMixin, RegressorMixin, _BaseRNN):
             raise ValueError(f"y has {Y.shape[2]} targets per step, but "
                              f"{type(self).__name__} was fitted with {self.n_outputs_}.")
         weights = valid_mask(seqs.lengths, seqs.data.shape[0]).astype(np.float64)
-        dtype = np.dtype(self.dtype) if first else self._work_dtype()
-        return Y.astype(dtype), weights
+        return Y, weights
 
     def _valid_steps(self, y, seqs):
         Y, _ = per_step_targets(y, seqs, numeric=True)

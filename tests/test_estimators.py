@@ -26,6 +26,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from fastrnn import (RNNClassifier, RNNRegressor, RNNSequenceClassifier,
                      RNNSequenceRegressor)
 from fastrnn import __main__ as cli
+from fastrnn import nn
 from fastrnn._network import RecurrentNetwork
 from fastrnn._training import AdamOptimizer, SGDOptimizer, clip_grad_norm
 from fastrnn.preprocessing import SequenceScaler
@@ -377,6 +378,48 @@ def test_class_weight_values_are_checked(cls, class_weight, match):
     # A zero weight for some classes is fine: the loss is finite.
     est.set_params(class_weight={"a": 0.0}).fit(X, y)
     assert np.isfinite(est.loss_curve_).all() and len(est.loss_curve_) == 2
+
+
+_TOO_LARGE = r"contains values too large for float32 \(max \|x\| = 1e\+39 > 3.4e\+38\)"
+
+
+def test_values_too_large_for_the_model_dtype_are_rejected():
+    """1e39 is finite in float64 but not in float32: X and y holding it are refused
+    with a message saying so, before a cast turns them into infinity (there was an
+    overflow warning, then 'contains NaN or infinity' or 'training diverged'). A
+    float64 model accepts the same X."""
+    rng = np.random.RandomState(24)
+    X = rng.standard_normal((10, 4, 2))
+    big = X.copy()
+    big[3, 1, 0] = -1e39
+    y = rng.standard_normal(10)
+    fitted = RNNRegressor((3,), max_iter=1, random_state=0).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no overflow on the way
+        for make in (lambda: RNNRegressor((3,), max_iter=1).fit(big, y),
+                     lambda: RNNRegressor((3,), max_iter=1).fit(    # ragged
+                         [big[0], big[1][:2], big[2], big[3]], y[:4]),
+                     lambda: RNNRegressor((3,), max_iter=1).fit(big[:, :, 0], y),
+                     lambda: RNNClassifier((3,), max_iter=1).fit(big, y > 0),
+                     lambda: fitted.predict(big),                 # the fast path
+                     lambda: fitted.predict([x for x in big])):   # a list
+            with pytest.raises(ValueError, match=r"Input X(\[3\])? " + _TOO_LARGE):
+                make()
+        y_big = y.copy()
+        y_big[2] = 1e39
+        with pytest.raises(ValueError, match="Input y " + _TOO_LARGE):
+            RNNRegressor((3,), max_iter=1).fit(X, y_big)
+        with pytest.raises(ValueError, match="Input y " + _TOO_LARGE):
+            RNNSequenceRegressor((3,), max_iter=1).fit(X, np.tile(y_big[:, None], 4))
+        with pytest.raises(ValueError, match=r"X\[1\] contains infinity; expected "
+                                             "finite numbers"):
+            fitted.predict([X[0], np.full((3, 2), np.inf)])
+        # The layers share the check.
+        with pytest.raises(ValueError, match="input " + _TOO_LARGE):
+            nn.LSTM(2, 3)(big)
+        # float64 represents 1e39: the same input is valid there.
+        reg64 = RNNRegressor((3,), max_iter=1, random_state=0, dtype=np.float64)
+        assert np.isfinite(reg64.fit(X, y).predict(big)).all()
 
 
 # ==================================================================== gradients
