@@ -46,6 +46,10 @@ __all__ = [
 #: Sequences per chunk in predict: bounds the memory of the padded activations.
 _PREDICT_CHUNK = 2048
 
+#: The private attributes fit sets (the public ones end with an underscore).
+_FIT_STATE = frozenset({"_network", "_optimizer", "_random_state", "_best_weights",
+                        "_no_improvement_count", "_fit_2d", "_y_ndim", "_y_multi"})
+
 
 def _progress_bar(total, enabled):
     """A tqdm bar over epochs when tqdm is installed and ``enabled``; else None."""
@@ -161,7 +165,12 @@ _INIT_DOC = """
     during training (a far too large learning rate, unscaled targets), the
     weights from the end of the last complete epoch are restored, training
     stops and a ``ConvergenceWarning`` says so; the estimator never keeps
-    non-finite weights. predict raises ValueError rather than return a NaN.
+    non-finite weights. If it happens in the first epoch of a fit from fresh
+    weights (no epoch to go back to), fit raises ValueError instead and leaves
+    the estimator unfitted. X and y must be finite in ``dtype`` (1e39 is not
+    a float32) and the weights (``sample_weight`` times ``class_weight``) must
+    have a positive, finite sum. predict raises ValueError rather than return
+    a NaN.
 
     Persistence: :meth:`save` writes a safe, documented file that
     :func:`fastrnn.load` reads back without unpickling anything; pickle and
@@ -649,6 +658,22 @@ class _BaseRNN(BaseEstimator):
             f"end of epoch {self.n_iter_} are restored and training stopped. Lower "
             "learning_rate_init, set max_grad_norm, or rescale X and y.",
             ConvergenceWarning)
+
+    def _diverged_in_first_epoch(self):
+        """Training from fresh weights diverged before any epoch completed: no
+        trained weights exist to fall back on, and the random initial ones are
+        no model. Leave the estimator unfitted and raise."""
+        for attr in [k for k in vars(self) if k in _FIT_STATE
+                     or (k.endswith("_") and not k.startswith("__"))]:
+            delattr(self, attr)
+        raise ValueError(
+            f"{type(self).__name__}: training diverged in the first epoch (the loss, a "
+            "gradient or a weight became NaN or infinite), so there are no trained "
+            "weights to keep and the estimator is left unfitted. Lower "
+            f"learning_rate_init (it is {self.learning_rate_init!r}), set max_grad_norm, "
+            "or scale X and y to about unit size (e.g. "
+            "fastrnn.preprocessing.SequenceScaler for X, "
+            "sklearn.compose.TransformedTargetRegressor for y).")
 
     def _validation_split(self, n, target, rng):
         stratify = None

@@ -422,6 +422,33 @@ def test_values_too_large_for_the_model_dtype_are_rejected():
         assert np.isfinite(reg64.fit(X, y).predict(big)).all()
 
 
+@pytest.mark.parametrize("cls", [RNNRegressor, RNNSequenceRegressor])
+def test_divergence_in_the_first_epoch_raises_and_leaves_unfitted(cls):
+    """y = 1e20 (finite in float32) makes the loss overflow at once: with no epoch
+    to go back to, fit raises instead of returning random weights with n_iter_ 0,
+    and the estimator is unfitted; a warm start keeps its previous weights."""
+    rng = np.random.RandomState(25)
+    X = rng.standard_normal((16, 4, 2))
+    y = rng.standard_normal(16) if cls is RNNRegressor else rng.standard_normal((16, 4))
+    est = cls((3,), max_iter=3, random_state=0).fit(X, y)
+    for call in (lambda: est.fit(X, y * 1e20), lambda: clone(est).partial_fit(X, y * 1e20)):
+        with pytest.raises(ValueError, match="training diverged in the first epoch.*"
+                                             "left unfitted.*learning_rate_init"):
+            call()
+    with pytest.raises(NotFittedError):
+        est.predict(X)
+    assert not [k for k in vars(est) if k.endswith("_") or k == "_network"]
+    # A warm start that diverges keeps the weights it started from.
+    est = cls((3,), max_iter=3, random_state=0).fit(X, y)
+    before = _weights(est)
+    est.set_params(warm_start=True)
+    with pytest.warns(ConvergenceWarning, match="diverged in epoch 4"):
+        est.fit(X, y * 1e20)
+    assert est.n_iter_ == 3
+    for a, b in zip(_weights(est), before):
+        np.testing.assert_array_equal(a, b)
+
+
 # ==================================================================== gradients
 
 # (cell, pooling or None for per-step, bidirectional, merge, loss)
