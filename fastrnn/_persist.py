@@ -300,8 +300,49 @@ def _read_member(zf, info, limit):
     return data
 
 
+def _fall_back_if_unavailable(est):
+    """Switch ``est`` to ``backend='auto'``, with a warning naming both, when the
+    backend it was saved with is not available here (say 'cython' where the
+    extension is not built): the model loads and predicts all the same."""
+    from . import _kernels
+
+    saved = est.backend
+    if saved == "auto" or saved in _kernels.available_backends():
+        return
+    reason = _kernels.unavailable_backends().get(saved, "not available")
+    used = _kernels.resolve_backend("auto")
+    warnings.warn(f"this model was saved with backend={saved!r}, which is not available "
+                  f"here ({reason}); it is loaded with backend='auto' (now {used!r}) "
+                  f"instead. Its predictions agree with {saved!r}'s to "
+                  f"{np.dtype(est.dtype).name} rounding, not bit for bit.", UserWarning)
+    est.backend = "auto"
+
+
 def load_model(path):
-    """Read a model file written by :meth:`save`; see :func:`fastrnn.load`."""
+    """Read a model file written by :meth:`save`; see :func:`fastrnn.load`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    estimator
+        The fitted estimator. Its predictions are bit-identical to the saved
+        model's on the same kernel backend; the other backends agree to
+        rounding in the model's dtype (float32: about 1e-6), not bit for bit.
+        A model saved with a backend that is not available here (e.g.
+        ``'cython'`` where the extension is not built) loads with
+        ``backend='auto'`` and a ``UserWarning`` naming both. A
+        ``random_state`` that was a ``RandomState`` instance comes back as
+        None (see :meth:`save`).
+
+    Raises
+    ------
+    ModelFileError
+        The file is truncated, tampered with, not a fastrnn model file, or
+        holds parameters the estimator refuses (e.g. a negative class weight).
+    """
     path = os.fspath(path)
     with open(path, "rb") as fh:  # OSError (missing file, permissions) passes through
         file_size = os.fstat(fh.fileno()).st_size
@@ -362,8 +403,8 @@ def _load(fh, file_size):
                 f"params: expected keys {sorted(expected_params)}, got {sorted(params)}")
         est.set_params(**{k: _dec_param(k, v) for k, v in params.items()})
         est._validate_params()
-        sizes = est._hidden_sizes()
-        est._check_params()
+        _fall_back_if_unavailable(est)
+        sizes = est._check_params()  # e.g. class_weight values; the hidden sizes
 
         # -- fitted dimensions
         fitted = meta.get("fitted")

@@ -115,6 +115,36 @@ def test_round_trip_predicts_identically(tmp_path, cls, labels, kw):
     assert meta["fastrnn_version"] == fastrnn.__version__
 
 
+def test_unavailable_backend_falls_back_to_auto(tmp_path, monkeypatch):
+    """A model saved with backend='cython' loads where the extension is missing
+    (simulated: its import failed) with backend='auto' and a UserWarning naming
+    both, instead of a bare ImportError; its predictions agree to float32
+    rounding. Where the saved backend is there, it is kept and predictions are
+    bit-identical."""
+    from fastrnn import _kernels
+
+    saved = "cython" if "cython" in fastrnn.available_backends() else "reference"
+    est = _fit(RNNClassifier, "str", backend=saved)
+    path = tmp_path / "m.fastrnn"
+    est.save(path)
+    expected = est.predict_proba(X3)
+    monkeypatch.delitem(_kernels._loaded, saved, raising=False)
+    monkeypatch.setitem(_kernels._errors, saved, "ImportError: simulated")
+    assert saved not in fastrnn.available_backends()
+    with pytest.warns(UserWarning, match=f"saved with backend='{saved}', which is not "
+                                         r"available here \(ImportError: simulated\); "
+                                         r"it is loaded with backend='auto'"):
+        loaded = fastrnn.load(path)
+    assert loaded.backend == "auto"
+    np.testing.assert_allclose(loaded.predict_proba(X3), expected, rtol=1e-5, atol=1e-6)
+    monkeypatch.undo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = fastrnn.load(path)
+    assert same.backend == saved
+    _assert_identical(_predictions(same, X3), _predictions(est, X3))
+
+
 def test_loaded_model_keeps_training_and_2d_input(tmp_path):
     X2 = X3[:, :, 0]
     est = RNNRegressor((4,), max_iter=2, random_state=0).fit(X2, X2[:, -1])
