@@ -215,7 +215,13 @@ def _file_mode():
 
 
 def save_model(est, path):
-    """Write fitted ``est`` to ``path`` atomically (see the module doc for the format)."""
+    """Write fitted ``est`` to ``path`` atomically (see the module doc for the format).
+
+    The file is written as a temporary ``.fastrnn-*.tmp`` in the directory of
+    the file ``path`` resolves to, flushed to disk and renamed over it: when
+    ``path`` is a symbolic link, the file it points to is replaced and the
+    link stays.
+    """
     if type(est).__name__ not in _registry() or type(est) is not _registry()[
             type(est).__name__]:
         raise TypeError(f"cannot save a {type(est).__name__}: only fastrnn's own "
@@ -232,10 +238,12 @@ def save_model(est, path):
     meta["arrays"] = [name for name, _ in arrays]
     meta_bytes = json.dumps(meta, allow_nan=False, sort_keys=True).encode("utf-8")
 
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
-                               suffix=".tmp")
+    # Through a symbolic link: write (and rename over) the file it points to,
+    # leaving the link a link. The temporary file's name is short, so that any
+    # name the file system allows for path works.
+    path = os.path.realpath(os.fspath(path))
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".fastrnn-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
