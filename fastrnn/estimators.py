@@ -315,7 +315,18 @@ class _BaseRNN(BaseEstimator):
         :mod:`fastrnn._persist`. Read it back with :func:`fastrnn.load`, which
         never unpickles or executes anything. The write is atomic: a temporary
         file in the same directory, flushed to disk, then renamed over
-        ``path``, so an error never damages an existing file there.
+        ``path``, so an error never damages an existing file there. When
+        ``path`` is a symbolic link, the file it points to is replaced and the
+        link stays a link.
+
+        The loaded model predicts bit-identically on the same kernel backend
+        (other backends agree to rounding in ``dtype``); a ``backend`` not
+        available where it is loaded falls back to 'auto' with a warning. A
+        ``random_state`` given as an int or None is saved as it is; a
+        ``RandomState`` instance is saved as None, since its stream cannot be
+        stored: predictions are unaffected, but training the loaded model
+        further (``partial_fit``, ``warm_start``) draws shuffles and dropout
+        masks from NumPy's global generator, as with ``random_state=None``.
 
         Parameters
         ----------

@@ -92,8 +92,7 @@ def test_round_trip_predicts_identically(tmp_path, cls, labels, kw):
     est.save(path)
     loaded = fastrnn.load(path)
     assert type(loaded) is cls
-    assert loaded.get_params() == est.get_params() | (
-        {"random_state": est.random_state})
+    assert loaded.get_params() == est.get_params()  # (int or None random_state)
     for X in (X3, XR, X3[:5, :2]):
         _assert_identical(_predictions(loaded, X), _predictions(est, X))
     for attr in ("n_features_in_", "n_features_per_step_", "n_outputs_", "n_iter_",
@@ -113,6 +112,37 @@ def test_round_trip_predicts_identically(tmp_path, cls, labels, kw):
             assert arr.dtype != object
     assert meta["estimator"] == cls.__name__
     assert meta["fastrnn_version"] == fastrnn.__version__
+
+
+def test_random_state_instance_is_saved_as_none(tmp_path):
+    """A RandomState cannot be stored: it is saved as None, as documented. The
+    loaded model predicts identically, and further training draws from NumPy's
+    global generator (the same global seed gives the same weights)."""
+    est = _fit(RNNClassifier, "int", random_state=np.random.RandomState(0))
+    path = tmp_path / "m.fastrnn"
+    est.save(path)
+    with zipfile.ZipFile(path) as zf:
+        assert json.loads(zf.read("metadata.json"))["params"]["random_state"] is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = fastrnn.load(path)
+    assert loaded.random_state is None
+    assert loaded.get_params() == est.get_params() | {"random_state": None}
+    _assert_identical(_predictions(loaded, X3), _predictions(est, X3))
+    y = (X3[:, -1, 0] > 0).astype(int)
+
+    def trained(seed):
+        model = fastrnn.load(path).set_params(batch_size=5)  # shuffling matters
+        np.random.seed(seed)
+        return model.partial_fit(X3, y)._network.parameters()
+
+    state = np.random.get_state()
+    try:
+        same, again, other = trained(3), trained(3), trained(4)
+    finally:
+        np.random.set_state(state)
+    assert all(np.array_equal(a, b) for a, b in zip(same, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(same, other))
 
 
 def test_unavailable_backend_falls_back_to_auto(tmp_path, monkeypatch):
@@ -285,6 +315,12 @@ def _tampered(name, members):
         m = _with_meta(m, lambda d: d["fitted"].update(n_features_in_=7))
     elif name == "classes_dtype":
         m = _with_meta(m, lambda d: d["fitted"].update(classes_dtype="pickle"))
+    elif name == "negative_class_weight":  # the estimator's own check refuses it
+        m = _with_meta(m, lambda d: d["params"].update(
+            class_weight={"items": [["neg", -5.0]]}))
+    elif name == "nan_class_weight":
+        m = _with_meta(m, lambda d: d["params"].update(
+            class_weight={"items": [["neg", 1.0], ["pos", "nan"]]}))
     elif name == "loss_curve_junk":
         m = _with_meta(m, lambda d: d["fitted"].update(loss_curve_=["__import__"]))
     else:  # pragma: no cover
@@ -300,7 +336,7 @@ TAMPERINGS = [
     "library_version_type", "bad_param_value", "unknown_param", "missing_param",
     "bad_dtype_param", "hidden_sizes_changed", "huge_hidden_sizes", "huge_features",
     "negative_outputs", "bool_outputs", "arrays_list_reordered", "n_features_mismatch",
-    "classes_dtype", "loss_curve_junk",
+    "classes_dtype", "loss_curve_junk", "negative_class_weight", "nan_class_weight",
 ]
 
 
