@@ -327,8 +327,7 @@ def per_step_targets(y, seqs, *, numeric, name="y", dtype=np.float64):
                     raise ValueError(f"{name}[0] has {k} targets per step and {name}[{i}] "
                                      f"has {v.shape[1]}.")
         flat = np.concatenate(items) if items else np.empty(0)
-        dtype = np.float64 if numeric else flat.dtype
-        Y = np.empty((T, n) + flat.shape[1:], dtype=dtype)
+        Y = np.empty((T, n) + flat.shape[1:], dtype=np.float64 if numeric else flat.dtype)
         for i, (v, L) in enumerate(zip(items, seqs.lengths)):
             Y[:L, i] = v
             Y[L:, i] = v[0]

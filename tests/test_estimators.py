@@ -409,8 +409,9 @@ def test_values_too_large_for_the_model_dtype_are_rejected():
         y_big[2] = 1e39
         with pytest.raises(ValueError, match="Input y " + _TOO_LARGE):
             RNNRegressor((3,), max_iter=1).fit(X, y_big)
-        with pytest.raises(ValueError, match="Input y " + _TOO_LARGE):
-            RNNSequenceRegressor((3,), max_iter=1).fit(X, np.tile(y_big[:, None], 4))
+        for y_steps in (np.tile(y_big[:, None], 4), list(np.tile(y_big[:, None], 4))):
+            with pytest.raises(ValueError, match="Input y " + _TOO_LARGE):
+                RNNSequenceRegressor((3,), max_iter=1).fit(X, y_steps)
         with pytest.raises(ValueError, match=r"X\[1\] contains infinity; expected "
                                              "finite numbers"):
             fitted.predict([X[0], np.full((3, 2), np.inf)])
