@@ -2,15 +2,19 @@
 
 Every fuzzed call must either raise a clear ValueError or TypeError, or give a
 finite result equal to what the same data gives in its canonical form (a
-C-contiguous float64 array, or the reference backend): never a crash, a hang or
-a silent NaN. ``FUZZ_COUNT`` counts the cases run; the module prints it."""
+C-contiguous float64 array, converted by hand, or the reference backend): never
+a crash, a hang or a silent NaN. The strategies mix valid input (any format,
+dtype and memory layout the estimators accept), whose result must come back and
+is compared with its oracle, with corrupted input, whose error is asserted
+precisely. ``FUZZ_COUNT`` counts the cases run; the module prints it."""
 
 import inspect
+import re
 import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sklearn.exceptions import ConvergenceWarning
 
@@ -19,8 +23,9 @@ from fastrnn import RNNClassifier, RNNRegressor, RNNSequenceClassifier
 from fastrnn._training import SGDOptimizer
 from fastrnn.nn import GRU, LSTM, RNN
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::sklearn.exceptions.ConvergenceWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning"),
+    pytest.mark.filterwarnings("ignore:Got `batch_size` larger:UserWarning")]
 
 BACKENDS = fastrnn.available_backends()
 FUZZ_COUNT = {"cases": 0, "results": 0}
@@ -30,11 +35,15 @@ FUZZ = settings(max_examples=150, deadline=None,
 FUZZ_TESTS = []  # every @fuzz test, for test_fuzz_cases_counted
 
 
-def fuzz(**strategies):
+def fuzz(*examples, **strategies):
     """``@FUZZ @given(**strategies)``, the test registered in ``FUZZ_TESTS`` with
-    its strategies, so that it can be run again under other settings."""
+    its strategies, so that it can be run again under other settings.
+    ``examples`` (dicts of arguments) are run every time, as ``@example``s."""
     def decorate(fn):
-        test = FUZZ(given(**strategies)(fn))
+        test = given(**strategies)(fn)
+        for args in examples:
+            test = example(**args)(test)
+        test = FUZZ(test)
         test.fuzz_strategies = strategies
         FUZZ_TESTS.append(test)
         return test
@@ -117,16 +126,111 @@ def ragged(draw, n_features=3):
     return items
 
 
+# Valid input: every dtype the estimators convert to float, every memory layout.
+VALID_DTYPES = ["float64", "float32", "float16", "int8", "int64", "uint16", "bool",
+                "object"]
+LAYOUTS = ["c", "f", "strided", "reversed", "readonly"]
+VALID_FORMS = ["3d", "3d", "2d", "list", "ragged", "ragged_1d", "nested", "tuple",
+               "object_1d"]
+
+
+def _as_dtype(values, dtype):
+    """Float64 ``values`` in ``dtype`` (rounded first for the integer dtypes)."""
+    if dtype == "bool":
+        return values > 0
+    if dtype in ("int8", "int64"):
+        return np.round(values * 2).astype(dtype)
+    if dtype == "uint16":
+        return np.round(np.abs(values) * 2).astype(dtype)
+    return values.astype(dtype)
+
+
+def _with_layout(arr, layout):
+    """``arr`` with the same values in another memory layout."""
+    if layout == "f":
+        return np.asfortranarray(arr)
+    if layout == "strided":  # non-contiguous: every other element of a wider array
+        return np.repeat(arr, 2, axis=-1)[..., ::2]
+    if layout == "reversed":  # negative strides
+        return arr[::-1].copy()[::-1]
+    if layout == "readonly":
+        arr = arr.copy()
+        arr.flags.writeable = False
+        return arr
+    return np.ascontiguousarray(arr)
+
+
+@st.composite
+def sequences(draw, n_features=None, n_steps_2d=None):
+    """Valid X (2 to 8 samples of 1 to 6 steps): a 3-D or 2-D array, or a
+    list, tuple or 1-D object array of sequences (2-D, 1-D or nested Python
+    lists, of equal or different lengths), in any valid dtype and layout.
+    ``n_features`` fixes the features per step (2-D arrays and 1-D items only
+    where it is 1); ``n_steps_2d`` fixes a 2-D array's number of columns."""
+    forms = [f for f in VALID_FORMS
+             if n_features in (None, 1) or f not in ("2d", "ragged_1d")]
+    form = draw(st.sampled_from(forms))
+    if form in ("2d", "ragged_1d"):
+        D = 1
+    else:
+        D = n_features if n_features is not None else draw(st.integers(1, 3))
+    n = draw(st.integers(2, 8))
+    dtype = draw(st.sampled_from(VALID_DTYPES))
+    layout = draw(st.sampled_from(LAYOUTS))
+    scale = 1.0 if dtype[0] in "iub" else draw(st.sampled_from([1.0, 1.0, 1e-3, 1e3]))
+    rng = np.random.RandomState(draw(st.integers(0, 2 ** 16)))
+
+    def make(shape):
+        values = rng.standard_normal(shape) * scale
+        return _with_layout(_as_dtype(values, dtype), layout)
+
+    if form in ("3d", "2d", "list"):
+        T = n_steps_2d if form == "2d" and n_steps_2d else draw(st.integers(1, 6))
+        arr = make((n, T) if form == "2d" else (n, T, D))
+        return list(arr) if form == "list" else arr
+    lengths = draw(st.lists(st.integers(1, 6), min_size=n, max_size=n))
+    items = [make((L, D)) for L in lengths]
+    if form == "ragged_1d":  # 1-D (T_i,) and 2-D (T_i, 1) sequences, mixed
+        items = [x[:, 0] if i % 2 == 0 else x for i, x in enumerate(items)]
+    elif form == "nested":
+        items = [x.tolist() for x in items]
+    if form == "tuple":
+        return tuple(items)
+    if form == "object_1d":
+        X = np.empty(n, dtype=object)
+        for i, x in enumerate(items):
+            X[i] = x
+        return X
+    return items
+
+
+ComplexWarning = getattr(np, "exceptions", np).ComplexWarning  # NumPy < 1.25: np
+
+
+def _is_list(X):
+    return isinstance(X, (list, tuple)) or (
+        isinstance(X, np.ndarray) and X.dtype == object and X.ndim == 1)
+
+
 def _canonical(X):
-    """X as the plain float64 data it stands for, or None if it is not valid."""
-    if getattr(X, "dtype", None) is not None and X.dtype.kind == "c":
-        return None
-    try:
-        if isinstance(X, list):
-            return [np.array(x, dtype=np.float64) for x in X]
-        return np.array(X, dtype=np.float64)
-    except (TypeError, ValueError):
-        return None
+    """X converted by hand to the float64 data it stands for: a C-contiguous 3-D
+    array (n, T, D), where a 2-D X holds univariate sequences ((n, T) -> (n, T, 1))
+    and a list of sequences of one length is stacked; for a list of sequences of
+    different lengths, a list of C-contiguous 2-D (T_i, D) arrays (1-D items
+    (T_i,) -> (T_i, 1)). None where X is not numbers (complex, strings, ...)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ComplexWarning)
+        try:
+            if _is_list(X):
+                items = [np.array(x, dtype=np.float64) for x in X]
+                items = [x[:, None] if x.ndim == 1 else x for x in items]
+                if items and len({x.shape for x in items}) == 1 and items[0].ndim == 2:
+                    return np.stack(items)
+                return [np.ascontiguousarray(x) for x in items]
+            a = np.array(X, dtype=np.float64)
+        except (TypeError, ValueError, ComplexWarning):
+            return None
+    return np.ascontiguousarray(a[:, :, None] if a.ndim == 2 else a)
 
 
 def _same(a, b):
@@ -135,9 +239,11 @@ def _same(a, b):
     return np.array_equal(a, b)
 
 
-def _check_outcome(fn, oracle=None):
+def _check_outcome(fn, oracle=None, *, raises=None, valid=False):
     """``fn()`` raises ValueError/TypeError, or returns a finite result equal to
-    ``oracle()`` (when given). Returns the result or None."""
+    ``oracle()`` (when given). ``raises=(type, pattern)``: it must raise that
+    error, with a message that matches ``pattern``. ``valid=True``: it must give
+    a result (valid input that is refused is a bug). Returns the result or None."""
     FUZZ_COUNT["cases"] += 1
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -152,7 +258,12 @@ def _check_outcome(fn, oracle=None):
                 assert not ours, [str(w.message) for w in ours]
     except (ValueError, TypeError) as exc:
         assert str(exc), "errors must say what is wrong"
+        assert not valid, f"valid input refused: {exc!r}"
+        if raises is not None:
+            assert isinstance(exc, raises[0]), (exc, raises)
+            assert re.search(raises[1], str(exc)), (str(exc), raises[1])
         return None
+    assert raises is None, f"no error for invalid input (expected {raises})"
     values = out if isinstance(out, list) else [out]
     for v in values:
         v = np.asarray(v)
@@ -164,40 +275,300 @@ def _check_outcome(fn, oracle=None):
     return out
 
 
-@fuzz(X=st.one_of(arrays(), ragged()))
+@fuzz(X=st.one_of(sequences(n_features=3), arrays(), ragged()))
 def test_fuzz_predict(clf, X):
     canon = _canonical(X)
 
     def oracle():
         return clf.predict_proba(canon)
 
-    _check_outcome(lambda: clf.predict_proba(X), oracle if canon is not None else None)
+    out = _check_outcome(lambda: clf.predict_proba(X),
+                         oracle if canon is not None else None)
+    if out is not None:
+        assert out.shape == (len(X), 2)
+        np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-12)
 
 
-@fuzz(X=arrays(), y_kind=st.sampled_from(["ok", "short", "nan", "str", "2d", "const",
-                                          "none", "object_mixed"]),
-      sw_kind=st.sampled_from(["none", "ok", "negative", "nan", "zeros", "short",
-                               "inf"]))
-def test_fuzz_fit(X, y_kind, sw_kind):
-    n = X.shape[0] if X.ndim else 0
-    rng = np.random.RandomState(n)
-    y = {"ok": rng.randint(0, 2, n), "short": np.arange(max(n - 1, 0)) % 2,
-         "nan": np.where(np.arange(n) == 0, np.nan, np.arange(n) % 2),
-         "str": np.array(["a", "b"] * n)[:n], "2d": np.zeros((n, 2)),
-         "const": np.zeros(n), "none": None,
-         "object_mixed": np.array([1, "a"] * n, dtype=object)[:n]}[y_kind]
-    sw = {"none": None, "ok": np.ones(n), "negative": -np.ones(n),
-          "nan": np.full(n, np.nan), "zeros": np.zeros(n), "short": np.ones(n + 1),
-          "inf": np.full(n, np.inf)}[sw_kind]
-    est = RNNClassifier((2,), max_iter=2, random_state=0)
+# ------------------------------------------------------------------ fit
+
+@st.composite
+def fit_cases(draw):
+    """A valid fit of a tiny RNNClassifier: X from ``sequences``, labels of 2 or 3
+    classes in one of several types, valid sample weights and valid parameters,
+    by ``fit`` or by one ``partial_fit`` (with ``classes``, perhaps one more)."""
+    X = draw(sequences())
+    n = len(X)
+    rng = np.random.RandomState(draw(st.integers(0, 2 ** 16)))
+    k = draw(st.integers(2, min(3, n)))
+    codes = rng.permutation(np.arange(n) % k)  # every class present
+    y = {"int": codes, "negative": codes - 1, "float": codes.astype(np.float64),
+         "bool": codes % 2 == 1, "str": np.array(["ham", "spam", "eggs"])[codes],
+         "list": codes.tolist()}[draw(st.sampled_from(
+             ["int", "negative", "float", "bool", "str", "list"]))]
+    sw = {"none": None, "ones": np.ones(n), "random": rng.uniform(0.1, 3.0, n),
+          "some_zero": np.r_[0.0, rng.uniform(0.1, 3.0, n - 1)],
+          "list": [1.0] * n, "int": np.full(n, 2)}[draw(st.sampled_from(
+              ["none", "ones", "random", "some_zero", "list", "int"]))]
+    bidirectional = draw(st.booleans())
+    method = draw(st.sampled_from(["fit", "fit", "partial_fit"]))
+    params = {
+        "hidden_layer_sizes": draw(st.sampled_from([(2,), (4,), 3, [1], (2, 3)])),
+        "cell": draw(st.sampled_from(["lstm", "gru", "rnn"])),
+        "bidirectional": bidirectional,
+        "pooling": draw(st.sampled_from(["last", "mean", "max"])),
+        "max_iter": draw(st.integers(1, 3)),
+        "batch_size": draw(st.sampled_from(["auto", 1, 3])),
+        "solver": draw(st.sampled_from(["adam", "sgd"])),
+        "dropout": draw(st.sampled_from([0.0, 0.0, 0.5])),
+        "bptt_length": None if bidirectional else draw(st.sampled_from([None, 2])),
+        "early_stopping": method == "fit" and draw(st.booleans()),
+        "class_weight": None if method == "partial_fit" else
+        draw(st.sampled_from([None, "balanced"])),
+        "dtype": draw(st.sampled_from([np.float32, np.float64, "float64"])),
+        "backend": draw(st.sampled_from(BACKENDS)),
+        "random_state": draw(st.integers(0, 3)),
+    }
+    classes = np.unique(y)
+    if method == "partial_fit" and classes.dtype.kind in "iuf" and draw(st.booleans()):
+        classes = np.r_[classes, classes.max() + 10]  # a class y never shows
+    return {"X": X, "y": y, "sw": sw, "params": params, "method": method,
+            "classes": classes, "seed": int(rng.randint(2 ** 16))}
+
+
+def _set_value(X, value, rng):
+    """X with one entry set to ``value`` (in a float64, or object, copy)."""
+    dtype = object if isinstance(value, str) else np.float64
+    if not _is_list(X):
+        a = np.array(X, dtype=dtype)
+        a.flat[rng.randint(a.size)] = value
+        return a
+    items = list(X)
+    i = rng.randint(len(items))
+    a = np.array(items[i], dtype=dtype)
+    a.flat[rng.randint(a.size)] = value
+    items[i] = a
+    return items
+
+
+def _one_item(X, rng, change):
+    """A list X with one sequence changed, or an array X changed as a whole."""
+    if not _is_list(X):
+        return change(np.asarray(X))
+    items = list(X)
+    i = rng.randint(len(items))
+    items[i] = change(np.asarray(items[i]))
+    return items
+
+
+def _mixed_features(X, rng):
+    items = [np.asarray(x) for x in X]
+    items = [x[:, None] if x.ndim == 1 else x for x in items]
+    i = rng.randint(len(items))
+    items[i] = np.concatenate([items[i], items[i][:, :1]], axis=1)
+    return items
+
+
+def _huge(X, value):
+    if _is_list(X):
+        return [np.array(x, dtype=np.float64) * value for x in X]
+    return np.array(X, dtype=np.float64) * value
+
+
+def _no_features(X):
+    if _is_list(X):
+        return [np.asarray(x).reshape(len(x), -1)[:, :0] for x in X]
+    a = np.asarray(X)
+    return (a[:, :, None] if a.ndim == 2 else a)[:, :, :0]
+
+
+def _bad_ndim(X, rng):
+    if _is_list(X):  # one sequence 3-D
+        return _one_item(X, rng, lambda x: x.reshape((1,) * (3 - x.ndim) + x.shape))
+    a = np.asarray(X)
+    return a.ravel() if rng.randint(2) else a.reshape(a.shape + (1,) * (4 - a.ndim))
+
+
+def _float_labels(n, value, rng):
+    """Float labels 0.0 and 1.0, one of them replaced by ``value``."""
+    y = (np.arange(n) % 2).astype(np.float64)
+    y[rng.randint(n)] = value
+    return y
+
+
+def _unseen_classes(y):
+    """``classes`` for partial_fit that leave out one of y's labels."""
+    classes = list(np.unique(y)[1:])
+    if len(classes) < 2:
+        classes.append("zzz" if isinstance(classes[0], str) else 11)
+    return np.array(classes)
+
+
+# Corruption name -> (changes to a valid case, (error type, message pattern)).
+# None instead of an error: a result or a clear error are both right (1e30
+# inputs may saturate the network or overflow its dtype).
+FIT_CORRUPTIONS = {
+    # X
+    "empty": lambda c, r: (
+        {"X": [] if _is_list(c["X"]) else np.asarray(c["X"])[:0],
+         "y": np.asarray(c["y"])[:0], "sw": None}, (ValueError, r"\b0 sample")),
+    "zero_steps": lambda c, r: (
+        {"X": _one_item(c["X"], r, lambda x: x[:0] if _is_list(c["X"]) else x[:, :0])},
+        (ValueError, r"zero time steps|0 feature")),
+    "zero_features": lambda c, r: (
+        {"X": _no_features(c["X"])}, (ValueError, r"0 feature")),
+    "mixed_features": lambda c, r: (
+        {"X": _mixed_features(c["X"], r)}, (ValueError, r"same number of features")),
+    "bad_ndim": lambda c, r: (
+        {"X": _bad_ndim(c["X"], r)}, (ValueError, r"-D array|dim 3")),
+    "complex": lambda c, r: (
+        {"X": _one_item(c["X"], r, lambda x: x.astype(complex) + 1j)},
+        (ValueError, r"[Cc]omplex")),
+    "strings": lambda c, r: (
+        {"X": _one_item(c["X"], r, lambda x: x.astype(str))}, (ValueError, r"strings")),
+    "object_string": lambda c, r: (
+        {"X": _set_value(c["X"], "a", r)}, (ValueError, r"string")),
+    "nan": lambda c, r: ({"X": _set_value(c["X"], np.nan, r)}, (ValueError, r"NaN")),
+    "inf": lambda c, r: (
+        {"X": _set_value(c["X"], np.inf, r)}, (ValueError, r"infinity")),
+    "-inf": lambda c, r: (
+        {"X": _set_value(c["X"], -np.inf, r)}, (ValueError, r"infinity")),
+    "huge": lambda c, r: ({"X": _huge(c["X"], r.choice([1e30, -1e30]))}, None),
+    "huge_entry": lambda c, r: (
+        {"X": _set_value(c["X"], r.choice([3e38, -3e38, 1e30]), r)}, None),
+    # y
+    "y_short": lambda c, r: (
+        {"y": np.asarray(c["y"])[:-1]}, (ValueError, r"y has \d+ samples")),
+    "y_long": lambda c, r: (
+        {"y": np.r_[np.asarray(c["y"]), np.asarray(c["y"])[:1]]},
+        (ValueError, r"y has \d+ samples")),
+    "y_nan": lambda c, r: (
+        {"y": _float_labels(len(c["y"]), np.nan, r)}, (ValueError, r"NaN")),
+    "y_inf": lambda c, r: (
+        {"y": _float_labels(len(c["y"]), -np.inf, r)}, (ValueError, r"infinity")),
+    "y_2d": lambda c, r: (
+        {"y": np.stack([np.asarray(c["y"])] * 2, axis=1)}, (ValueError, r"1d array")),
+    "y_one_class": lambda c, r: (
+        {"y": np.full(len(c["y"]), np.asarray(c["y"])[0]), "method": "fit"},
+        (ValueError, r"at least 2 classes")),
+    "y_none": lambda c, r: ({"y": None}, (ValueError, r"requires y")),
+    "y_mixed": lambda c, r: (
+        {"y": np.array([1, "a"] * len(c["y"]), dtype=object)[:len(c["y"])]},
+        (ValueError, r"label type")),
+    "y_continuous": lambda c, r: (
+        {"y": r.standard_normal(len(c["y"])) + 0.5},
+        (ValueError, r"label type: continuous")),
+    # sample_weight
+    "sw_negative": lambda c, r: (
+        {"sw": np.r_[-1.0, np.ones(len(c["y"]) - 1)]}, (ValueError, r"Negative")),
+    "sw_nan": lambda c, r: ({"sw": np.full(len(c["y"]), np.nan)}, (ValueError, r"NaN")),
+    "sw_inf": lambda c, r: (
+        {"sw": np.full(len(c["y"]), np.inf)}, (ValueError, r"infinity")),
+    "sw_zeros": lambda c, r: (
+        {"sw": np.zeros(len(c["y"]))}, (ValueError, r"at least one non-zero")),
+    "sw_short": lambda c, r: (
+        {"sw": np.ones(len(c["y"]) - 1)}, (ValueError, r"sample_weight\.shape")),
+    "sw_2d": lambda c, r: (
+        {"sw": np.ones((len(c["y"]), 1))}, (ValueError, r"1D array")),
+    "sw_string": lambda c, r: ({"sw": ["a"] * len(c["y"])}, (ValueError, r"string")),
+    # parameters
+    "hidden_zero": lambda c, r: (
+        {"params": {**c["params"], "hidden_layer_sizes": (2, 0)}},
+        (ValueError, r"hidden_layer_sizes")),
+    "bptt_bidirectional": lambda c, r: (
+        {"params": {**c["params"], "bidirectional": True, "bptt_length": 2}},
+        (ValueError, r"bptt_length cannot be combined")),
+    "max_iter_zero": lambda c, r: (
+        {"params": {**c["params"], "max_iter": 0}}, (ValueError, r"'max_iter'")),
+    "int_dtype": lambda c, r: (
+        {"params": {**c["params"], "dtype": np.int32}}, (ValueError, r"'dtype'")),
+    "unknown_cell": lambda c, r: (
+        {"params": {**c["params"], "cell": "foo"}}, (ValueError, r"'cell'")),
+    # partial_fit
+    "unseen_label": lambda c, r: (
+        {"method": "partial_fit", "classes": _unseen_classes(c["y"]),
+         "params": {**c["params"], "class_weight": None}},
+        (ValueError, r"labels not in classes_")),
+    "no_classes": lambda c, r: (
+        {"method": "partial_fit", "classes": None},
+        (ValueError, r"classes must be passed")),
+    "balanced_partial_fit": lambda c, r: (
+        {"method": "partial_fit",
+         "params": {**c["params"], "class_weight": "balanced"}},
+        (ValueError, r"'balanced' is not supported")),
+}
+
+
+def _fit_case(X, y, sw=None, **params):
+    """A fit case as ``fit_cases`` draws them, for explicit examples."""
+    defaults = dict(hidden_layer_sizes=(2,), cell="lstm", bidirectional=False,
+                    pooling="last", max_iter=1, batch_size="auto", solver="adam",
+                    dropout=0.0, bptt_length=None, early_stopping=False,
+                    class_weight=None, dtype=np.float64, backend="reference",
+                    random_state=0)
+    return {"X": X, "y": y, "sw": sw, "params": {**defaults, **params},
+            "method": "fit", "classes": np.unique(y), "seed": 0}
+
+
+# Found by this test (fastrnn bug, not fixed here): with early_stopping, a
+# validation split that holds only samples of weight 0 makes the fit fail after
+# its first epoch with sklearn's "Sample weights must contain at least one
+# non-zero number." (accuracy_score on the validation samples), though the
+# weights are valid. Kept as an explicit example so that it fails every run.
+@fuzz({"case": _fit_case(np.array([[[4.0]], [[1.0]]]), np.array([1, 0]),
+                         np.array([0.0, 2.5]), early_stopping=True, random_state=1),
+       "corruption": None},
+      case=fit_cases(),
+      corruption=st.one_of(st.none(), st.sampled_from(sorted(FIT_CORRUPTIONS))))
+def test_fuzz_fit(case, corruption):
+    """A valid case (``corruption`` None) must fit, predict finite probabilities
+    that sum to 1 and labels among y's, and give exactly what the same fit on X
+    converted by hand to its canonical float64 form gives (and, in float64, what
+    the reference backend gives); a corrupted one must raise its own error."""
+    expected = "valid"
+    if corruption is not None:
+        changes, expected = FIT_CORRUPTIONS[corruption](
+            case, np.random.RandomState(case["seed"]))
+        case = {**case, **changes}
+    X, y, sw, params, method = (case[k] for k in ("X", "y", "sw", "params", "method"))
+
+    def run(X, sw, **change):
+        est = RNNClassifier(**{**params, **change})
+        if method == "fit":
+            return est.fit(X, y, sample_weight=sw)
+        return est.partial_fit(X, y, classes=case["classes"], sample_weight=sw)
+
+    fitted = {}
+
+    def fit_predict():
+        est = fitted["est"] = run(X, sw)
+        return [est.predict_proba(X), est.predict(X)]
+
     canon = _canonical(X)
 
-    def oracle():
-        ref = RNNClassifier((2,), max_iter=2, random_state=0).fit(canon, y, sw)
-        return ref.predict_proba(canon)
+    def canon_sw():
+        return None if sw is None else np.array(sw, dtype=np.float64)
 
-    _check_outcome(lambda: est.fit(X, y, sw).predict_proba(X),
-                   oracle if canon is not None else None)
+    def oracle():
+        ref = run(canon, canon_sw())
+        return [ref.predict_proba(canon), ref.predict(canon)]
+
+    if expected != "valid":
+        _check_outcome(fit_predict, oracle if canon is not None else None,
+                       raises=expected)
+        return
+    proba, pred = _check_outcome(fit_predict, oracle, valid=True)
+    est, n = fitted["est"], len(X)
+    seen = np.unique(y)
+    want = seen if method == "fit" else np.unique(case["classes"])
+    assert np.array_equal(est.classes_, want)
+    assert set(seen) <= set(est.classes_.tolist())
+    assert proba.shape == (n, est.classes_.size) and pred.shape == (n,)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    assert np.array_equal(pred, est.classes_[np.argmax(proba, axis=1)])
+    if np.dtype(params["dtype"]) == np.float64 and params["backend"] != "reference":
+        ref = run(canon, canon_sw(), backend="reference")
+        np.testing.assert_allclose(proba, ref.predict_proba(canon), rtol=1e-7,
+                                   atol=1e-9)
 
 
 PARAMS = st.fixed_dictionaries({}, optional={
@@ -220,21 +591,52 @@ PARAMS = st.fixed_dictionaries({}, optional={
 })
 
 
-@fuzz(params=PARAMS, lengths=st.lists(st.integers(1, 5), min_size=4, max_size=8))
+# Valid values only, so that a fair share of the cases fit.
+VALID_PARAMS = st.fixed_dictionaries({}, optional={
+    "hidden_layer_sizes": st.sampled_from([[2], 2, (1, 3), np.array([2, 3])]),
+    "learning_rate_init": st.sampled_from([1e-3, 1e6]),
+    "max_iter": st.sampled_from([1, 3]),
+    "dropout": st.sampled_from([0.0, 0.5]),
+    "batch_size": st.sampled_from([1, "auto", 10 ** 6]),
+    "cell": st.sampled_from(["lstm", "gru", "rnn"]),
+    "max_grad_norm": st.sampled_from([None, 1e-8, 1.0]),
+    "alpha": st.sampled_from([0.0, 1e6]),
+    "dtype": st.sampled_from([np.float32, "float64"]),
+    "backend": st.sampled_from(["auto", "reference"]),
+    "pooling": st.sampled_from(["last", "mean", "max"]),
+    "early_stopping": st.booleans(),
+})
+
+
+@fuzz(params=st.one_of(VALID_PARAMS, PARAMS),
+      lengths=st.lists(st.integers(1, 5), min_size=4, max_size=8))
 def test_fuzz_parameters(params, lengths):
     rng = np.random.RandomState(len(lengths))
     X = [rng.standard_normal((L, 2)) for L in lengths]
     y = np.arange(len(lengths)) % 2
-    est = RNNClassifier(max_iter=2, random_state=0)
+    est = RNNClassifier((2,), max_iter=2, random_state=0)
     est.set_params(**{"max_iter": 2, **params})
     _check_outcome(lambda: est.fit(X, y).predict_proba(X))
 
 
-@fuzz(lengths=st.one_of(
+# Lengths for a batch of 3 sequences of 5 steps: valid ones in several types.
+VALID_LENGTHS = st.builds(
+    lambda lengths, kind: {
+        "list": list, "tuple": tuple, "int64": np.array,
+        "int32": lambda v: np.array(v, dtype=np.int32),
+        "uint8": lambda v: np.array(v, dtype=np.uint8)}[kind](lengths),
+    st.lists(st.integers(1, 5), min_size=3, max_size=3),
+    st.sampled_from(["list", "tuple", "int64", "int32", "uint8"]))
+
+
+ANY_LENGTHS = st.one_of(
     st.lists(st.integers(-2, 7), min_size=0, max_size=5),
     st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=3, max_size=3),
-    st.sampled_from([None, 3, "abc", [[1, 2, 3]], [True, True, True], [1.5, 2, 3]])),
-   backend=st.sampled_from(BACKENDS), cls=st.sampled_from([RNN, LSTM, GRU]))
+    st.sampled_from([None, 3, "abc", [[1, 2, 3]], [True, True, True], [1.5, 2, 3]]))
+
+
+@fuzz(lengths=st.booleans().flatmap(lambda ok: VALID_LENGTHS if ok else ANY_LENGTHS),
+      backend=st.sampled_from(BACKENDS), cls=st.sampled_from([RNN, LSTM, GRU]))
 def test_fuzz_layer_lengths(lengths, backend, cls):
     """Any lengths argument: a clear error, or exactly the reference backend's
     result (the compiled kernels run without bounds checks, so a bad length that
@@ -244,14 +646,15 @@ def test_fuzz_layer_lengths(lengths, backend, cls):
                 random_state=0).eval()
     ref = cls(2, 3, bidirectional=True, backend="reference", dtype=np.float64,
               random_state=0).eval()
-    out = _check_outcome(lambda: layer(x, lengths=lengths)[0],
-                         None)
+    out = _check_outcome(lambda: layer(x, lengths=lengths)[0])
     if out is not None:
         np.testing.assert_allclose(out, ref(x, lengths=lengths)[0], rtol=1e-10,
                                    atol=1e-12)
 
 
-@fuzz(new=st.lists(st.sampled_from([0, 1, 2, 7, -1, "a"]), min_size=1, max_size=6))
+@fuzz(new=st.one_of(
+    st.lists(st.sampled_from([0, 1, 2]), min_size=1, max_size=6),
+    st.lists(st.sampled_from([0, 1, 2, 7, -1, "a"]), min_size=1, max_size=6)))
 def test_fuzz_partial_fit_labels(new):
     """partial_fit with labels outside ``classes`` fails and leaves the model as it
     was; with known labels it trains on."""
@@ -278,33 +681,47 @@ def test_fuzz_partial_fit_labels(new):
         assert out is est
 
 
-@fuzz(X=arrays(n_features=1), T=st.integers(1, 4))
-def test_fuzz_regressor_2d(X, T):
-    """A regressor fit on 2-D input predicts 2-D input of the same width, and the
-    canonical float array gives identical results."""
+@st.composite
+def regressor_inputs(draw):
+    """(T, X): a regressor fits 2-D input with T columns, X is predicted: valid
+    input of one feature per step (a 2-D X then has T columns), or any array."""
+    T = draw(st.integers(1, 4))
+    return T, draw(st.one_of(sequences(n_features=1, n_steps_2d=T),
+                             arrays(n_features=1)))
+
+
+@fuzz(case=regressor_inputs())
+def test_fuzz_regressor_2d(case):
+    """A regressor fit on 2-D input predicts 2-D input of the same width (and any
+    univariate 3-D or list input), and the canonical float array gives identical
+    results."""
+    T, X = case
     rng = np.random.RandomState(0)
     Xf = rng.standard_normal((6, T))
     reg = RNNRegressor((2,), max_iter=1, random_state=0).fit(Xf, Xf[:, -1])
     canon = _canonical(X)
-    _check_outcome(lambda: reg.predict(X),
-                   (lambda: reg.predict(canon)) if canon is not None else None)
+    out = _check_outcome(lambda: reg.predict(X),
+                         (lambda: reg.predict(canon)) if canon is not None else None)
+    if out is not None:
+        assert out.shape == (len(X),)
 
 
 # A few examples per fuzz test, the same ones every run (no example database).
 COUNTED = settings(FUZZ, max_examples=20, derandomize=True, database=None)
+MIN_VALID_SHARE = 0.10
 
 
 def test_fuzz_cases_counted(clf):
-    """Every example a fuzz test runs is a counted case, and a fair share of the
-    cases (at least 5%, about 14% now) are valid input whose result was checked
-    finite and equal to its oracle, not only clear errors.
+    """Every example a fuzz test runs is a counted case, and in every fuzz test a
+    fair share of the cases (at least 10%) are valid input whose result was
+    checked finite and equal to its oracle, not only clear errors.
 
     Self-contained: it runs each fuzz test again itself, on ``COUNTED``'s 20
     derandomized examples, and counts those. It used to read what the fuzz tests
     above had left in ``FUZZ_COUNT``, and so asserted nothing when they had not
     run first in the same session (``-k counted``, ``--lf``, a split run)."""
     assert len(FUZZ_TESTS) == 6
-    cases = results = 0
+    counts = {}
     for test in FUZZ_TESTS:
         body = test.hypothesis.inner_test
         run = COUNTED(given(**test.fuzz_strategies)(body))
@@ -312,9 +729,9 @@ def test_fuzz_cases_counted(clf):
         run(**({"clf": clf} if "clf" in inspect.signature(body).parameters else {}))
         ran = FUZZ_COUNT["cases"] - before["cases"]
         assert ran >= COUNTED.max_examples, (test.__name__, ran)
-        cases += ran
-        results += FUZZ_COUNT["results"] - before["results"]
-    assert results >= 0.05 * cases, (results, cases)
+        counts[test.__name__] = (FUZZ_COUNT["results"] - before["results"], ran)
+    low = {name: c for name, c in counts.items() if c[0] < MIN_VALID_SHARE * c[1]}
+    assert not low, f"(valid, cases) below {MIN_VALID_SHARE:.0%} valid: {low}"
 
 
 # ----------------------------------------------------------- numerics
@@ -380,7 +797,7 @@ def test_divergence_restores_last_good_weights(solver, cls):
             assert np.array_equal(a, b)
     # And training can continue from there.
     est.set_params(learning_rate_init=1e-3)
-    est.partial_fit(X, y) if cls is RNNRegressor else est.partial_fit(X, y)
+    est.partial_fit(X, y)
     assert all(np.isfinite(p).all() for p in est._network.parameters())
 
 
