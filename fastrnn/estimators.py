@@ -118,7 +118,11 @@ _PARAMS_DOC = """
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the training sequences and stop when
         their score has not improved by ``tol`` for ``n_iter_no_change``
-        epochs; the weights of the best epoch are restored.
+        epochs; the weights of the best epoch are restored. The score is
+        weighted by ``sample_weight``, or unweighted when every held-out
+        sequence has weight 0; a split that would leave only sequences of
+        weight 0 to train on trades the heaviest held-out sequence for one of
+        them.
     validation_fraction : float in (0, 1), default=0.1
         Share of the training data held out for early stopping.
     beta_1, beta_2 : float in [0, 1), default=0.9, 0.999
@@ -537,9 +541,12 @@ class _BaseRNN(BaseEstimator):
         n = seqs.n_samples
         train_idx = np.arange(n)
         if early_stopping:
-            train_idx, val_idx = self._validation_split(n, target, rng)
+            train_idx, val_idx = self._validation_split(n, target, rng, weights)
+            val_sw = sw[val_idx]
+            if not val_sw.any():  # their weights are undefined as a score's: equal
+                val_sw = np.ones_like(val_sw)
             val = (seqs.take(val_idx), self._take_target(target, val_idx, seqs),
-                   sw[val_idx])
+                   val_sw)
         n_train = train_idx.size
         batch_size = self._batches(n_train)
         bar = _progress_bar(1 if incremental else self.max_iter,
@@ -686,7 +693,14 @@ class _BaseRNN(BaseEstimator):
             "fastrnn.preprocessing.SequenceScaler for X, "
             "sklearn.compose.TransformedTargetRegressor for y).")
 
-    def _validation_split(self, n, target, rng):
+    def _validation_split(self, n, target, rng, weights):
+        """Training and held-out sequence indices for early stopping (sorted).
+
+        Stratified by class for RNNClassifier where possible. ``weights`` (the
+        loss terms' combined weights, (n,) or per step (T, n)) are only looked
+        at when the training part would weigh nothing: then its first sequence
+        and the heaviest held-out one change places.
+        """
         stratify = None
         if self._loss == "log_loss" and not self._per_step:
             stratify = target
@@ -699,6 +713,10 @@ class _BaseRNN(BaseEstimator):
                 raise
             tr, va = train_test_split(idx, test_size=self.validation_fraction,
                                       random_state=rng)
+        per_seq = weights.reshape(-1, n).sum(axis=0)  # (T, n) per step -> (n,)
+        if not per_seq[tr].any():  # _weight_sum: some held-out one weighs > 0
+            heavy = va[np.argmax(per_seq[va])]
+            tr, va = np.r_[tr[1:], heavy], np.r_[va[va != heavy], tr[0]]
         return np.sort(tr), np.sort(va)
 
     def _take_target(self, target, idx, seqs):

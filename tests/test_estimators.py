@@ -905,6 +905,26 @@ def test_huge_sample_weights_train_as_unit_weights(cls):
         clf.fit(X, np.arange(20) % 2, sample_weight=np.full(20, 1e300))
 
 
+@pytest.mark.parametrize("random_state", range(6))
+def test_early_stopping_with_zero_weight_sequences(random_state):
+    """sample_weight [0, 2.5] with early stopping: one sequence to train on, one to
+    hold out. Whichever way the split falls, fit trains on the weighted one (as a
+    fit without early stopping does, the zero-weight one adding nothing) and
+    scores the held-out one unweighted; it failed in scikit-learn's accuracy_score
+    ("at least one non-zero number") or trained on weight 0 (a NaN loss)."""
+    X = np.array([[[4.0]], [[1.0]]])
+    y = np.array([1, 0])
+    sw = np.array([0.0, 2.5])
+    kw = dict(hidden_layer_sizes=(2,), max_iter=1, dtype=np.float64,
+              backend="reference", random_state=random_state)
+    stopped = RNNClassifier(early_stopping=True, **kw).fit(X, y, sample_weight=sw)
+    plain = RNNClassifier(**kw).fit(X, y, sample_weight=sw)
+    assert stopped.loss_curve_ == pytest.approx(plain.loss_curve_, rel=1e-12)
+    for a, b in zip(_weights(stopped), _weights(plain)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    assert stopped.validation_scores_ == [float(stopped.predict(X[:1])[0] == y[0])]
+
+
 def test_per_step_y_as_list_or_padded_array():
     rng = np.random.RandomState(22)
     X = _ragged(rng, 10, 2)
