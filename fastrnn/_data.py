@@ -98,14 +98,14 @@ def validate_sequences(estimator, X, *, reset, dtype):
         for float32), a zero-length sequence, sequences with different numbers
         of features, a 1-D or 4-D array, or a number of features that differs
         from the one seen in fit (the message names both).
+    TypeError
+        Sparse input, or elements of a list that are not arrays of numbers.
 
     Notes
     -----
     scikit-learn's ``check_array`` converts X but does not check its values
     (``ensure_all_finite=False``): :func:`fastrnn._validation.check_finite`
     does, once, before the cast to ``dtype``.
-    TypeError
-        Sparse input, or elements of a list that are not arrays of numbers.
     """
     name = type(estimator).__name__
     if not reset and type(X) is np.ndarray:
