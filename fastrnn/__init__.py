@@ -44,8 +44,11 @@ def load(path):
     Returns
     -------
     estimator : RNNClassifier, RNNRegressor, RNNSequenceClassifier or RNNSequenceRegressor
-        Fitted, predicting exactly as the saved one. The optimizer's state is
-        not saved: ``partial_fit`` continues with a fresh optimizer.
+        Fitted, predicting exactly as the saved one on the same backend (other
+        backends agree to the dtype's rounding). A saved backend that is not
+        available here is replaced by ``'auto'``, with a warning. The
+        optimizer's state is not saved: ``partial_fit`` continues with a fresh
+        optimizer, and a ``RandomState`` ``random_state`` comes back as None.
 
     Raises
     ------

@@ -67,14 +67,12 @@ class thread_limit:
     """Context manager: run BLAS (and PyTorch, if already imported) on ``n``
     threads, restoring the previous settings on exit.
 
-    fastrnn's own kernels are single-threaded; the threads that matter are
-    BLAS's. Training is a long chain of small matrix products (one per time
-    step), for which a second BLAS thread costs more than it saves: on a busy
-    2-core machine OpenBLAS's spinning threads made a fit up to 100 times slower
-    (the digits demo: 32 s instead of 0.2 s for five epochs). The estimators
-    therefore fit with ``thread_limit(1)``; ``predict`` leaves the process's
-    thread settings alone, as it may be called from many threads at once.
-    PyTorch is never imported here, only limited when the caller already has it.
+    For benchmarks and demos that compare libraries at one thread count. The
+    layers take their thread count from BLAS's setting (see
+    :func:`batch_threads`), so this also sets how many threads they split a
+    large batch over. PyTorch is never imported here, only limited when the
+    caller already has it. Not meant to overlap with another thread's
+    ``thread_limit``: each restores what it found on entry.
     """
 
     def __init__(self, n):
@@ -134,7 +132,14 @@ def batch_threads(batch_size):
 def single_threaded_blas():
     """Run BLAS on one thread while any caller is inside; the first to enter
     saves the settings and the last to leave restores them, so overlapping
-    calls from several threads leave the process as they found it."""
+    calls from several threads leave the process as they found it.
+
+    Used by a layer's threads over batch slices, and around the estimators'
+    ``fit``: training is a long chain of small matrix products (one per time
+    step), for which a second BLAS thread costs more than it saves; on a busy
+    2-core machine OpenBLAS's spinning threads made a fit up to 100 times slower
+    (the digits demo: 32 s instead of 0.2 s for five epochs).
+    """
     global _blas_users, _blas_saved
     libs = _blas_controllers()
     with _blas_lock:

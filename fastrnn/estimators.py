@@ -29,7 +29,7 @@ from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import _check_sample_weight, check_array
 
 from . import _kernels
-from ._config import thread_limit
+from ._config import single_threaded_blas
 from ._data import per_step_targets, valid_mask, validate_sequences
 from ._network import RecurrentNetwork
 from ._training import (AdamOptimizer, NonFiniteError, SGDOptimizer, clip_grad_norm,
@@ -483,7 +483,7 @@ class _BaseRNN(BaseEstimator):
 
     def _fit(self, X, y, sample_weight=None, *, incremental=False, classes=None):
         self._check_params()
-        with thread_limit(1):  # why: see fastrnn._config.thread_limit
+        with single_threaded_blas():  # why: see fastrnn._config.single_threaded_blas
             return self._fit_single_threaded(X, y, sample_weight, incremental, classes)
 
     def _fit_single_threaded(self, X, y, sample_weight, incremental, classes):

@@ -509,11 +509,11 @@ def _fit_case(X, y, sw=None, **params):
             "method": "fit", "classes": np.unique(y), "seed": 0}
 
 
-# Found by this test (fastrnn bug, not fixed here): with early_stopping, a
-# validation split that holds only samples of weight 0 makes the fit fail after
-# its first epoch with sklearn's "Sample weights must contain at least one
-# non-zero number." (accuracy_score on the validation samples), though the
-# weights are valid. Kept as an explicit example so that it fails every run.
+# Found by this test (fixed since): with early_stopping, a validation split that
+# held only samples of weight 0 made the fit fail after its first epoch with
+# sklearn's "Sample weights must contain at least one non-zero number."
+# (accuracy_score on the validation samples), though the weights are valid.
+# Kept as an explicit example so that it runs every time.
 @fuzz({"case": _fit_case(np.array([[[4.0]], [[1.0]]]), np.array([1, 0]),
                          np.array([0.0, 2.5]), early_stopping=True, random_state=1),
        "corruption": None},
