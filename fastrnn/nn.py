@@ -20,7 +20,7 @@ from functools import reduce
 import numpy as np
 
 from . import _config, _kernels
-from ._blas import matmul
+from ._blas import flush_denormals, matmul
 from ._validation import as_float_array, as_random_state, check_lengths
 
 __all__ = ["RNN", "LSTM", "GRU"]
@@ -57,10 +57,14 @@ def _map_parts(fn, items):
     network over its slice with no synchronisation, where BLAS's own threads
     would meet twice per time step, in each step's small product.
     """
+    def run(item):
+        with flush_denormals():  # per thread: see fastrnn._blas.flush_denormals
+            return fn(item)
+
     if len(items) == 1:
-        return [fn(items[0])]
+        return [run(items[0])]
     with _config.single_threaded_blas(), ThreadPoolExecutor(len(items)) as pool:
-        return list(pool.map(fn, items))
+        return list(pool.map(run, items))
 
 
 class _RNNBase:

@@ -49,3 +49,30 @@ def test_gemm_rejects_mismatched_shapes():
     a, b, c = (np.ones(s, np.float32) for s in [(4, 5), (6, 3), (4, 3)])
     with pytest.raises(ValueError, match=r"op\(a\) is \(4, 5\), op\(b\) is \(6, 3\)"):
         _blas._gemm(a, b, c, False, False, 0.0)
+
+
+def _subnormal_product():
+    """1e-30 * 1e-10 in float32: 1e-40, a subnormal number, or 0 when flushed."""
+    return float(np.array([1e-30], np.float32)[0] * np.float32(1e-10))
+
+
+def test_flush_denormals_flushes_inside_and_restores():
+    if _blas._set_ftz is None:
+        pytest.skip("SKIPPED LOUDLY: the Cython extension is not built")
+    from fastrnn._kernels import _cython_kernels
+
+    if not _cython_kernels.HAS_FLUSH_DENORMALS:
+        pytest.skip("SKIPPED LOUDLY: no flush-to-zero control on this CPU")
+    assert _subnormal_product() > 0  # IEEE default outside
+    with _blas.flush_denormals():
+        assert _subnormal_product() == 0.0
+    assert _subnormal_product() > 0
+
+
+def test_layer_call_leaves_subnormals_alone_in_the_callers_thread():
+    from fastrnn.nn import LSTM
+
+    layer = LSTM(3, 4, random_state=0)
+    out, _ = layer(np.ones((5, 2, 3), np.float32))
+    layer.backward(np.ones_like(out))
+    assert _subnormal_product() > 0

@@ -41,6 +41,46 @@ import numpy as np
 cnp.import_array()
 
 
+# ------------------------------------------------------- subnormal numbers
+
+cdef extern from *:
+    """
+    #if defined(__SSE__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 1)
+    #include <xmmintrin.h>
+    #define FASTRNN_FTZ_DAZ 0x8040u  /* MXCSR flush-to-zero | denormals-are-zero */
+    static unsigned int fastrnn_get_ftz(void) { return _mm_getcsr() & FASTRNN_FTZ_DAZ; }
+    static void fastrnn_set_ftz(unsigned int bits) {
+        _mm_setcsr((_mm_getcsr() & ~FASTRNN_FTZ_DAZ) | (bits & FASTRNN_FTZ_DAZ));
+    }
+    #define FASTRNN_HAS_FTZ 1
+    #else
+    static unsigned int fastrnn_get_ftz(void) { return 0; }
+    static void fastrnn_set_ftz(unsigned int bits) { (void)bits; }
+    #define FASTRNN_HAS_FTZ 0
+    #endif
+    """
+    unsigned int fastrnn_get_ftz() nogil
+    void fastrnn_set_ftz(unsigned int bits) nogil
+    const int FASTRNN_HAS_FTZ
+    const unsigned int FASTRNN_FTZ_DAZ
+
+
+#: Whether :func:`set_flush_denormals` can act on this CPU (x86 with SSE).
+HAS_FLUSH_DENORMALS = bool(FASTRNN_HAS_FTZ)
+
+
+def set_flush_denormals(bint on):
+    """Turn flushing of subnormal floats to zero on or off for the calling
+    thread (x86's MXCSR FTZ and DAZ bits); returns the previous setting.
+
+    Not one of the six kernels: see :func:`fastrnn._blas.flush_denormals`.
+    """
+    cdef bint was = fastrnn_get_ftz() != 0
+    if FASTRNN_HAS_FTZ:
+        fastrnn_set_ftz(FASTRNN_FTZ_DAZ if on else 0)
+    return was
+
+
 # --------------------------------------------------------------- tanh loops
 
 # NumPy's 1-d inner-loop signature, declared callable without the GIL
