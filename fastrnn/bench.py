@@ -136,6 +136,15 @@ class TorchRunner:
         return out, h_n
 
     def __call__(self):
+        # fastrnn flushes subnormal floats to zero (fastrnn._blas.flush_denormals);
+        # PyTorch gets the same, or vanishing gradients slow it 10x at S5.
+        self.torch.set_flush_denormal(True)
+        try:
+            return self._step()
+        finally:
+            self.torch.set_flush_denormal(False)
+
+    def _step(self):
         torch = self.torch
         if self.sc.kind == "inference":
             with torch.inference_mode():
