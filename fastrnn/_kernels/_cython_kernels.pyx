@@ -508,13 +508,19 @@ def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
                 outt = &out[t, 0, 0]
                 if nb > 0:
                     _matmul_nt(buf, h_p, w_p, nb, G, R, zero)
+                if not has_peep:
+                    # tanh arguments of all active rows (a/2 for the sigmoid
+                    # gates i, f, o; a for g), then one tanh call over them all:
+                    # the rows of gx[t] and buf are one contiguous block
+                    gr = &gx[t, 0, 0]
+                    for b in range(nb):
+                        for k in range(G):
+                            buf[b * G + k] = scale[k] * (gr[b * G + k] + buf[b * G + k])
+                    _vtanh(buf, buf, nb * G)
                 for b in range(nb):
                     gr = &gx[t, b, 0]
                     ar = buf + b * G
                     cr = c_p + b * H
-                    tr = tcb + b * H
-                    hr = hcell + b * H if has_proj else h_p + b * H
-                    # tanh arguments: a/2 for i, f, o (sigmoid), a for g
                     if has_peep:
                         for k in range(G):
                             ar[k] = gr[k] + ar[k]
@@ -524,10 +530,6 @@ def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
                             ar[H + j] = half * (ar[H + j] + p1[j] * cp)
                         # o sees c_t: its argument is finished below
                         _vtanh(ar, ar, 3 * H)
-                    else:
-                        for k in range(G):
-                            ar[k] = scale[k] * (gr[k] + ar[k])
-                        _vtanh(ar, ar, G)
                     # i, f and the new cell state
                     for j in range(H):
                         i = half * ar[j] + half
@@ -539,8 +541,13 @@ def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
                         for j in range(H):
                             ar[3 * H + j] = half * (ar[3 * H + j] + p2[j] * cr[j])
                         _vtanh(ar + 3 * H, ar + 3 * H, H)
-                    _vtanh(cr, tr, H)
+                # tanh(c_t) of all active rows: c's rows are contiguous too
+                _vtanh(c_p, tcb, nb * H)
+                for b in range(nb):
                     # o and the cell output
+                    ar = buf + b * G
+                    tr = tcb + b * H
+                    hr = hcell + b * H if has_proj else h_p + b * H
                     for j in range(H):
                         o = half * ar[3 * H + j] + half
                         ar[3 * H + j] = o
@@ -756,33 +763,46 @@ def gru_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
     # per active row: W_hh h_{t-1}, turned in place into the gates (r, z, n)
     cdef floating* buf = <floating*>_alloc(B * G, sizeof(floating))
     cdef floating* hnb = NULL   # W_hn h_{t-1} + b_hn
+    cdef floating* nbuf = NULL  # the candidate n of the active rows
     try:
         hnb = <floating*>_alloc(B * H, sizeof(floating))
+        nbuf = <floating*>_alloc(B * H, sizeof(floating))
         with nogil:
             for s in range(T):
                 t = T - 1 - s if reverse else s
                 nb = _n_active(len_p, B, t)
                 if nb > 0:
                     _matmul_nt(buf, h_p, w_p, nb, G, H, zero)
+                # One tanh call per phase over all active rows (the call, not
+                # the arithmetic, dominates at small H): first r, z (their
+                # arguments halved: sigmoid) over the whole block, the n part
+                # of which is junk, overwritten below; then n, gathered in nbuf.
                 for b in range(nb):
                     gr = &gx[t, b, 0]
                     ar = buf + b * G
-                    hr = h_p + b * H
                     hnr = hnb + b * H
                     for k in range(2 * H):
                         ar[k] = half * (gr[k] + ar[k])
                     for j in range(H):
                         hnr[j] = ar[2 * H + j] + bn_p[j]
-                    _vtanh(ar, ar, 2 * H)
+                _vtanh(buf, buf, nb * G)
+                for b in range(nb):
+                    gr = &gx[t, b, 0]
+                    ar = buf + b * G
+                    hnr = hnb + b * H
                     for j in range(H):
                         r = half * ar[j] + half
                         ar[j] = r
                         ar[H + j] = half * ar[H + j] + half
-                        ar[2 * H + j] = gr[2 * H + j] + r * hnr[j]
-                    _vtanh(ar + 2 * H, ar + 2 * H, H)
+                        nbuf[b * H + j] = gr[2 * H + j] + r * hnr[j]
+                _vtanh(nbuf, nbuf, nb * H)
+                for b in range(nb):
+                    ar = buf + b * G
+                    hr = h_p + b * H
                     for j in range(H):
                         z = ar[H + j]
-                        hr[j] = (one - z) * ar[2 * H + j] + z * hr[j]
+                        ar[2 * H + j] = nbuf[b * H + j]
+                        hr[j] = (one - z) * nbuf[b * H + j] + z * hr[j]
                 _copy(&out[t, 0, 0], h_p, nb * H)
                 _zero(&out[t, 0, 0] + nb * H, (B - nb) * H)
                 if training:
@@ -793,6 +813,7 @@ def gru_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
     finally:
         free(buf)
         free(hnb)
+        free(nbuf)
 
 
 def gru_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
