@@ -12,20 +12,9 @@ set -euo pipefail
 
 PYTHON=${PYTHON:-python}
 
-if [[ ! -f pyproject.toml || ! -d fastrnn ]]; then
-    echo "check_cython_bounds.sh: run me from the repository root" >&2
-    exit 2
-fi
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/fastrnn-cybounds.XXXXXX")
-cleanup() {
-    if [[ "${KEEP_TMP:-0}" == 1 ]]; then
-        echo "check_cython_bounds.sh: kept $tmp"
-    else
-        rm -rf "$tmp"
-    fi
-}
-trap cleanup EXIT
+source "$(dirname "$0")/common.sh"
+require_repo_root check_cython_bounds.sh
+make_tmp cybounds
 
 # 1. The build requirements (pip install -e builds in an isolated environment,
 #    so Cython need not be here): pyproject.toml's [build-system] requires.
@@ -50,10 +39,7 @@ fi
 # 2. A clean copy: tracked and untracked-but-not-ignored files only (no in-place
 #    .so or generated .c), then the checked extension built in place there.
 echo "--- building the bounds-checked extension in $tmp/src"
-mkdir "$tmp/src"
-git ls-files -z --cached --others --exclude-standard \
-    | while IFS= read -r -d '' f; do [[ -e "$f" ]] && printf '%s\0' "$f"; done \
-    | xargs -0 cp --parents -t "$tmp/src"
+copy_clean_tree "$tmp/src"
 cd "$tmp/src"
 FASTRNN_CYTHON_BOUNDSCHECK=1 "$PYTHON" setup.py -q build_ext --inplace >build.log 2>&1 \
     || { cat build.log >&2; exit 1; }

@@ -10,32 +10,13 @@ set -euo pipefail
 
 PYTHON=${PYTHON:-python3}
 
-if [[ ! -f pyproject.toml || ! -d fastrnn ]]; then
-    echo "check_wheel.sh: run me from the repository root" >&2
-    exit 2
-fi
+source "$(dirname "$0")/common.sh"
+require_repo_root check_wheel.sh
+make_tmp wheel
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/fastrnn-wheel.XXXXXX")
-cleanup() {
-    if [[ "${KEEP_TMP:-0}" == 1 ]]; then
-        echo "check_wheel.sh: kept $tmp"
-    else
-        rm -rf "$tmp"
-    fi
-}
-trap cleanup EXIT
-
-# 1. A clean copy: tracked and untracked-but-not-ignored files only, so no
-#    in-place build products (.so, generated .c, build/) leak into the wheel.
+# 1. A clean copy of the source tree.
 echo "--- copying the source tree"
-mkdir "$tmp/src"
-if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-    git ls-files -z --cached --others --exclude-standard \
-        | while IFS= read -r -d '' f; do [[ -e "$f" ]] && printf '%s\0' "$f"; done \
-        | xargs -0 cp --parents -t "$tmp/src"
-else
-    cp -r . "$tmp/src"
-fi
+copy_clean_tree "$tmp/src"
 
 # 2. The wheel, with build isolation (the build requirements of pyproject.toml).
 echo "--- building the wheel"
