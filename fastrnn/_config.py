@@ -6,6 +6,7 @@ taken, in this order, from :func:`set_backend`, from the environment variable
 ``AUTO_ORDER`` that loads).
 """
 
+import contextvars
 import os
 import threading
 from contextlib import contextmanager
@@ -113,10 +114,26 @@ def _blas_controllers():
     return _blas_libs
 
 
+_layer_threads = contextvars.ContextVar("fastrnn_layer_threads", default=None)
+
+
+@contextmanager
+def layer_threads(n):
+    """Within (in this thread): layers split a batch over up to ``n`` threads,
+    whatever BLAS's setting; ``n`` None leaves the choice to BLAS's setting.
+    The estimators' ``n_jobs`` goes through here."""
+    token = _layer_threads.set(n)
+    try:
+        yield
+    finally:
+        _layer_threads.reset(token)
+
+
 def batch_threads(batch_size):
     """Threads a layer's forward (and backward) of ``batch_size`` samples is split over.
 
-    As many as BLAS may use (the process's setting: ``OPENBLAS_NUM_THREADS``,
+    As set by :func:`layer_threads` (the estimators' ``n_jobs``), else as many
+    as BLAS may use (the process's setting: ``OPENBLAS_NUM_THREADS``,
     threadpoolctl, :class:`thread_limit`), at most one per
     ``MIN_SAMPLES_PER_THREAD`` samples. While one split forward runs, BLAS is on
     one thread, so a forward started meanwhile from another thread runs whole
@@ -124,8 +141,10 @@ def batch_threads(batch_size):
     """
     if batch_size < 2 * MIN_SAMPLES_PER_THREAD:
         return 1
-    blas = max((lib.num_threads for lib in _blas_controllers()), default=1)
-    return max(1, min(blas, batch_size // MIN_SAMPLES_PER_THREAD))
+    n = _layer_threads.get()
+    if n is None:
+        n = max((lib.num_threads for lib in _blas_controllers()), default=1)
+    return max(1, min(n, batch_size // MIN_SAMPLES_PER_THREAD))
 
 
 @contextmanager

@@ -13,6 +13,7 @@ X is a 3-D array ``(n_samples, n_timesteps, n_features)``, a 2-D array
 :class:`sklearn.neural_network.MLPClassifier` wherever the idea is the same.
 """
 
+import os
 import time
 import warnings
 from numbers import Integral, Real
@@ -29,7 +30,7 @@ from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import _check_sample_weight, check_array
 
 from . import _kernels
-from ._config import single_threaded_blas
+from ._config import layer_threads, single_threaded_blas
 from ._data import per_step_targets, valid_mask, validate_sequences
 from ._network import RecurrentNetwork
 from ._training import (AdamOptimizer, NonFiniteError, SGDOptimizer, clip_grad_norm,
@@ -149,6 +150,12 @@ _PARAMS_DOC = """
     dtype : {numpy.float32, numpy.float64, 'float32', 'float64'}, default=numpy.float32
         Precision of the weights and the computation. float32 is as accurate as
         training needs and about twice as fast; float64 is for gradient checks.
+    n_jobs : int or None, default=None
+        Threads a batch of at least 64 sequences is split over, in ``fit`` and
+        in ``predict`` (each thread takes whole sequences, BLAS runs on one
+        thread meanwhile). None: ``fit`` on one thread, ``predict`` on as many
+        as BLAS may use; -1: all cores, -2: all but one, and so on. Results do
+        not depend on it beyond float rounding.
 """
 
 _INIT_DOC = """
@@ -257,6 +264,7 @@ class _BaseRNN(BaseEstimator):
         "backend": [StrOptions({"auto", "cython", "numba", "reference"})],
         "dtype": [StrOptions({"float32", "float64"}),
                   Options(type, {np.float32, np.float64})],
+        "n_jobs": [Integral, None],
     }
 
     #: Set by subclasses.
@@ -270,7 +278,7 @@ class _BaseRNN(BaseEstimator):
                  warm_start=False, momentum=0.9, nesterovs_momentum=True,
                  early_stopping=False, validation_fraction=0.1, beta_1=0.9,
                  beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_grad_norm=5.0,
-                 bptt_length=None, backend="auto", dtype=np.float32):
+                 bptt_length=None, backend="auto", dtype=np.float32, n_jobs=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.cell = cell
         self.bidirectional = bidirectional
@@ -299,6 +307,7 @@ class _BaseRNN(BaseEstimator):
         self.bptt_length = bptt_length
         self.backend = backend
         self.dtype = dtype
+        self.n_jobs = n_jobs
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -413,6 +422,9 @@ class _BaseRNN(BaseEstimator):
             raise ValueError("bptt_length cannot be combined with bidirectional=True: "
                              "the reverse direction needs the whole sequence.")
         _kernels.resolve_backend(self.backend)  # ImportError if it is not built
+        if self.n_jobs == 0:
+            raise ValueError("n_jobs=0 has no meaning; expected None, a positive "
+                             "number of threads, or -1 for all cores")
         return sizes
 
     def _build_network(self, n_features, n_outputs, rng):
@@ -483,7 +495,8 @@ class _BaseRNN(BaseEstimator):
 
     def _fit(self, X, y, sample_weight=None, *, incremental=False, classes=None):
         self._check_params()
-        with single_threaded_blas():  # why: see fastrnn._config.single_threaded_blas
+        with single_threaded_blas(), layer_threads(self._n_threads(fit=True)):
+            # why one BLAS thread: see fastrnn._config.single_threaded_blas
             return self._fit_single_threaded(X, y, sample_weight, incremental, classes)
 
     def _fit_single_threaded(self, X, y, sample_weight, incremental, classes):
@@ -727,8 +740,19 @@ class _BaseRNN(BaseEstimator):
 
     # ----------------------------------------------------------- inference
 
+    def _n_threads(self, fit):
+        """``n_jobs`` as a thread count; None where BLAS's setting decides."""
+        if self.n_jobs is None:
+            return 1 if fit else None
+        cores = os.cpu_count() or 1
+        return self.n_jobs if self.n_jobs > 0 else max(1, cores + 1 + self.n_jobs)
+
     def _forward(self, seqs):
         """Head output for every sample: (n, k), or per step (T, n, k)."""
+        with layer_threads(self._n_threads(fit=False)):
+            return self._forward_chunks(seqs)
+
+    def _forward_chunks(self, seqs):
         net = self._network
         n, T = seqs.n_samples, seqs.data.shape[0]
         if n <= _PREDICT_CHUNK:
@@ -893,7 +917,7 @@ class RNNClassifier(_ClassifierMixin, ClassifierMixin, _BaseRNN):
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
                  max_grad_norm=5.0, bptt_length=None, class_weight=None, backend="auto",
-                 dtype=np.float32):
+                 dtype=np.float32, n_jobs=None):
         super().__init__(
             hidden_layer_sizes, cell, bidirectional=bidirectional,
             bidirectional_merge=bidirectional_merge, dropout=dropout, solver=solver,
@@ -904,7 +928,7 @@ class RNNClassifier(_ClassifierMixin, ClassifierMixin, _BaseRNN):
             early_stopping=early_stopping, validation_fraction=validation_fraction,
             beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
             n_iter_no_change=n_iter_no_change, max_grad_norm=max_grad_norm,
-            bptt_length=bptt_length, backend=backend, dtype=dtype)
+            bptt_length=bptt_length, backend=backend, dtype=dtype, n_jobs=n_jobs)
         self.pooling = pooling
         self.class_weight = class_weight
 
@@ -1032,7 +1056,7 @@ class RNNRegressor(RegressorMixin, _BaseRNN):
                  tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
-                 max_grad_norm=5.0, bptt_length=None, backend="auto", dtype=np.float32):
+                 max_grad_norm=5.0, bptt_length=None, backend="auto", dtype=np.float32, n_jobs=None):
         super().__init__(
             hidden_layer_sizes, cell, bidirectional=bidirectional,
             bidirectional_merge=bidirectional_merge, dropout=dropout, solver=solver,
@@ -1043,7 +1067,7 @@ class RNNRegressor(RegressorMixin, _BaseRNN):
             early_stopping=early_stopping, validation_fraction=validation_fraction,
             beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
             n_iter_no_change=n_iter_no_change, max_grad_norm=max_grad_norm,
-            bptt_length=bptt_length, backend=backend, dtype=dtype)
+            bptt_length=bptt_length, backend=backend, dtype=dtype, n_jobs=n_jobs)
         self.pooling = pooling
 
     def __sklearn_tags__(self):
@@ -1207,7 +1231,7 @@ class RNNSequenceClassifier(_PerStepMixin, _ClassifierMixin, ClassifierMixin, _B
                  warm_start=False, momentum=0.9, nesterovs_momentum=True,
                  early_stopping=False, validation_fraction=0.1, beta_1=0.9,
                  beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_grad_norm=5.0,
-                 bptt_length=None, class_weight=None, backend="auto", dtype=np.float32):
+                 bptt_length=None, class_weight=None, backend="auto", dtype=np.float32, n_jobs=None):
         super().__init__(
             hidden_layer_sizes, cell, bidirectional=bidirectional,
             bidirectional_merge=bidirectional_merge, dropout=dropout, solver=solver,
@@ -1218,7 +1242,7 @@ class RNNSequenceClassifier(_PerStepMixin, _ClassifierMixin, ClassifierMixin, _B
             early_stopping=early_stopping, validation_fraction=validation_fraction,
             beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
             n_iter_no_change=n_iter_no_change, max_grad_norm=max_grad_norm,
-            bptt_length=bptt_length, backend=backend, dtype=dtype)
+            bptt_length=bptt_length, backend=backend, dtype=dtype, n_jobs=n_jobs)
         self.class_weight = class_weight
 
     def _prepare_targets(self, y, seqs, *, first, incremental, classes):
@@ -1319,7 +1343,7 @@ class RNNSequenceRegressor(_PerStepMixin, RegressorMixin, _BaseRNN):
                  warm_start=False, momentum=0.9, nesterovs_momentum=True,
                  early_stopping=False, validation_fraction=0.1, beta_1=0.9,
                  beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_grad_norm=5.0,
-                 bptt_length=None, backend="auto", dtype=np.float32):
+                 bptt_length=None, backend="auto", dtype=np.float32, n_jobs=None):
         super().__init__(
             hidden_layer_sizes, cell, bidirectional=bidirectional,
             bidirectional_merge=bidirectional_merge, dropout=dropout, solver=solver,
@@ -1330,7 +1354,7 @@ class RNNSequenceRegressor(_PerStepMixin, RegressorMixin, _BaseRNN):
             early_stopping=early_stopping, validation_fraction=validation_fraction,
             beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
             n_iter_no_change=n_iter_no_change, max_grad_norm=max_grad_norm,
-            bptt_length=bptt_length, backend=backend, dtype=dtype)
+            bptt_length=bptt_length, backend=backend, dtype=dtype, n_jobs=n_jobs)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -1128,3 +1128,43 @@ def test_command_dispatch():
     with pytest.raises(SystemExit) as info:
         cli.main(["demo", "--help"])
     assert info.value.code == 0
+
+
+@pytest.mark.parametrize("Est", [RNNClassifier, RNNRegressor])
+def test_n_jobs_splits_batches_and_learns_the_same_model(monkeypatch, Est):
+    """n_jobs=2 splits every training and prediction batch over two threads
+    (seen through the layers' splitter) and fits the model n_jobs=1 fits, to
+    float64 rounding."""
+    import fastrnn._config as config
+    import fastrnn.nn as nn_module
+
+    monkeypatch.setattr(config, "MIN_SAMPLES_PER_THREAD", 4)
+    splits = []
+    map_parts = nn_module._map_parts
+
+    def spy(fn, items):
+        splits.append(len(items))
+        return map_parts(fn, items)
+
+    monkeypatch.setattr(nn_module, "_map_parts", spy)
+    rng = np.random.RandomState(0)
+    X = rng.standard_normal((24, 5, 3))
+    y = (X[:, -1, 0] > 0).astype(int) if Est is RNNClassifier else X[:, :, 1].sum(1)
+    params = dict(hidden_layer_sizes=(4,), batch_size=12, max_iter=5, random_state=0,
+                  dtype=np.float64, bidirectional=True)
+    one = Est(n_jobs=1, **params).fit(X, y)
+    assert set(splits) == {1}
+    splits.clear()
+    two = Est(n_jobs=2, **params).fit(X, y)
+    assert set(splits) == {2}, splits
+    np.testing.assert_allclose(two.loss_curve_, one.loss_curve_, rtol=1e-10)
+    splits.clear()
+    p_one, p_two = one.predict(X), two.predict(X)
+    assert 2 in splits
+    np.testing.assert_allclose(p_two, p_one, rtol=1e-9, atol=1e-12)
+
+
+def test_n_jobs_zero_is_refused():
+    X = np.zeros((4, 3, 2))
+    with pytest.raises(ValueError, match="n_jobs=0"):
+        RNNRegressor((2,), max_iter=1, n_jobs=0).fit(X, np.zeros(4))
