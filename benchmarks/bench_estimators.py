@@ -30,6 +30,10 @@ class DigitsClassifier:
     def time_fit(self, cell, backend):
         RNNClassifier(**self.kw).fit(self.X, self.y)
 
+    def time_fit_two_jobs(self, cell, backend):
+        """n_jobs=2: each batch of 64 split over two threads."""
+        RNNClassifier(n_jobs=2, **self.kw).fit(self.X, self.y)
+
     def peakmem_fit(self, cell, backend):
         RNNClassifier(**self.kw).fit(self.X, self.y)
 
