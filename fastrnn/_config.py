@@ -175,3 +175,30 @@ def single_threaded_blas():
             if _blas_users == 0:
                 for lib, n in zip(libs, _blas_saved):
                     lib.set_num_threads(n)
+
+
+_pool = None
+_pool_key = None  # (process id, number of threads)
+_pool_lock = threading.Lock()
+
+
+def thread_pool(n):
+    """A process-wide pool of at least ``n`` threads for the layers' batch slices.
+
+    Starting a pool costs about 0.3 ms, as much as a whole small forward pass,
+    so one is kept. It is replaced by a larger one when ``n`` asks for more
+    threads, and by a new one in a process forked after it was made (a forked
+    child has the pool object but not its threads).
+    """
+    global _pool, _pool_key
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _pool_lock:
+        pid = os.getpid()
+        if _pool is None or _pool_key[0] != pid or _pool_key[1] < n:
+            if _pool is not None and _pool_key[0] == pid:
+                _pool.shutdown(wait=False)  # running slices finish; then its threads end
+            size = max(n, os.cpu_count() or 1)
+            _pool = ThreadPoolExecutor(size, thread_name_prefix="fastrnn")
+            _pool_key = (pid, size)
+        return _pool

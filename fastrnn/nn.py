@@ -14,7 +14,7 @@ BLAS matrix product each over all time steps.
 
 import numbers
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait
 from functools import reduce
 
 import numpy as np
@@ -63,8 +63,14 @@ def _map_parts(fn, items):
 
     if len(items) == 1:
         return [run(items[0])]
-    with _config.single_threaded_blas(), ThreadPoolExecutor(len(items)) as pool:
-        return list(pool.map(run, items))
+    with _config.single_threaded_blas():
+        pool = _config.thread_pool(len(items) - 1)
+        futures = [pool.submit(run, item) for item in items[1:]]
+        try:
+            first = run(items[0])  # the calling thread takes a slice too
+        finally:
+            wait(futures)  # no slice outlives the call, even on an error
+        return [first] + [f.result() for f in futures]
 
 
 class _RNNBase:

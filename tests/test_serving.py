@@ -251,3 +251,20 @@ def test_batch_split_over_threads_equals_whole_batch(monkeypatch, backend, cls, 
     for g in got:
         for u, v in zip(arrays(want), arrays(g), strict=True):
             np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-13)
+
+
+def test_thread_pool_is_kept_grown_and_renewed_after_fork(monkeypatch):
+    """One pool per process, reused; a larger one when more threads are asked
+    for; a new one in a forked child (whose copy of the pool has no threads)."""
+    import os
+
+    config = fastrnn._config
+    pool = config.thread_pool(1)
+    assert config.thread_pool(1) is pool
+    bigger = config.thread_pool(config._pool_key[1] + 1)
+    assert bigger is not pool and bigger.submit(lambda: 7).result() == 7
+    child_pid = os.getpid() + 1
+    monkeypatch.setattr(os, "getpid", lambda: child_pid)
+    renewed = config.thread_pool(1)
+    assert renewed is not bigger and config._pool_key[0] == child_pid
+    assert renewed.submit(lambda: 8).result() == 8
