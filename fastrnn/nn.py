@@ -553,8 +553,11 @@ class _RNNBase:
                                                    trans_a=True)
                 grads[f"weight_hh_{sfx}"] = self._grad_w_hh(dgh, out, h0, lengths, reverse)
                 if self.bias:
-                    grads[f"bias_ih_{sfx}"] = dgx2.sum(axis=0)
-                    grads[f"bias_hh_{sfx}"] = dgh.reshape(T * B, G * H).sum(axis=0)
+                    g_b = dgx2.sum(axis=0)
+                    grads[f"bias_ih_{sfx}"] = g_b
+                    # both biases enter as one sum but for the GRU's b_hn
+                    grads[f"bias_hh_{sfx}"] = (g_b.copy() if dgh is dgx else
+                                               dgh.reshape(T * B, G * H).sum(axis=0))
                 matmul(dgx2, w_ih, out=dx, accumulate=True)
             dx = dx.reshape(T, B, D)
             if layer["mask"] is not None:
