@@ -18,9 +18,10 @@ import numpy as np
 
 try:
     from ._kernels._cython_kernels import gemm as _gemm
+    from ._kernels._cython_kernels import FLUSH_DENORMALS_BITS as _FTZ_BITS
     from ._kernels._cython_kernels import set_flush_denormals as _set_ftz
 except ImportError:  # extension not built: NumPy's BLAS, subnormals kept
-    _gemm = _set_ftz = None
+    _gemm = _set_ftz = _FTZ_BITS = None
 
 _INT32_MAX = 2 ** 31 - 1
 
@@ -64,8 +65,8 @@ def flush_denormals():
     if _set_ftz is None:
         yield
         return
-    was = _set_ftz(True)
+    was = _set_ftz(_FTZ_BITS)
     try:
         yield
     finally:
-        _set_ftz(was)
+        _set_ftz(was)  # both bits as they were, not merely "on" or "off"

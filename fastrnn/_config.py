@@ -153,11 +153,16 @@ def single_threaded_blas():
     saves the settings and the last to leave restores them, so overlapping
     calls from several threads leave the process as they found it.
 
-    Used by a layer's threads over batch slices, and around the estimators'
-    ``fit``: training is a long chain of small matrix products (one per time
-    step), for which a second BLAS thread costs more than it saves; on a busy
-    2-core machine OpenBLAS's spinning threads made a fit up to 100 times slower
-    (the digits demo: 32 s instead of 0.2 s for five epochs).
+    Used while a layer runs batch slices on several threads, and around the
+    estimators' ``fit``: training is a long chain of small matrix products (one
+    per time step), for which a second BLAS thread costs more than it saves; on
+    a busy 2-core machine OpenBLAS's spinning threads made a fit up to 100 times
+    slower (the digits demo: 32 s instead of 0.2 s for five epochs).
+
+    The setting is process-wide (OpenBLAS has no per-thread one in the pthreads
+    builds NumPy and SciPy ship). If another thread changes it meanwhile, for
+    example with threadpoolctl's ``threadpool_limits``, whichever of the two
+    leaves last restores what it found on entry: do not overlap the two.
     """
     global _blas_users, _blas_saved
     libs = _blas_controllers()
@@ -178,7 +183,7 @@ def single_threaded_blas():
 
 
 _pool = None
-_pool_key = None  # (process id, number of threads)
+_pool_size = 0
 _pool_lock = threading.Lock()
 
 
@@ -186,19 +191,35 @@ def thread_pool(n):
     """A process-wide pool of at least ``n`` threads for the layers' batch slices.
 
     Starting a pool costs about 0.3 ms, as much as a whole small forward pass,
-    so one is kept. It is replaced by a larger one when ``n`` asks for more
-    threads, and by a new one in a process forked after it was made (a forked
-    child has the pool object but not its threads).
+    so one is kept. A larger one replaces it when ``n`` asks for more threads;
+    the old one is not shut down (another thread may be about to submit to it)
+    and ends once its last user lets go of it.
+
+    (OpenBLAS's ``openblas_set_num_threads_local`` would let each worker keep
+    its own BLAS on one thread, but in the pthreads builds that NumPy and SciPy
+    ship it changes the process-wide count: hence :func:`single_threaded_blas`.)
     """
-    global _pool, _pool_key
+    global _pool, _pool_size
     from concurrent.futures import ThreadPoolExecutor
 
     with _pool_lock:
-        pid = os.getpid()
-        if _pool is None or _pool_key[0] != pid or _pool_key[1] < n:
-            if _pool is not None and _pool_key[0] == pid:
-                _pool.shutdown(wait=False)  # running slices finish; then its threads end
-            size = max(n, os.cpu_count() or 1)
-            _pool = ThreadPoolExecutor(size, thread_name_prefix="fastrnn")
-            _pool_key = (pid, size)
+        if _pool is None or _pool_size < n:
+            _pool_size = max(n, os.cpu_count() or 1)
+            _pool = ThreadPoolExecutor(_pool_size, thread_name_prefix="fastrnn")
         return _pool
+
+
+def _after_fork_in_child():
+    """A forked child has the parent's locks, counters and pool objects, but not
+    its other threads: start afresh, restoring BLAS if a split held it."""
+    global _blas_lock, _blas_users, _pool_lock, _pool, _pool_size
+    _blas_lock, _pool_lock = threading.Lock(), threading.Lock()
+    if _blas_users:
+        for lib, n in zip(_blas_controllers(), _blas_saved):
+            lib.set_num_threads(n)
+    _blas_users = 0
+    _pool, _pool_size = None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

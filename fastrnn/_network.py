@@ -143,10 +143,7 @@ class RecurrentNetwork:
         return d
 
     def _dropout_mask(self, rng, shape):
-        keep = 1.0 - self.dropout
-        if keep <= 0:
-            return np.zeros(shape, self.dtype)
-        return ((rng.random_sample(shape) < keep) / keep).astype(self.dtype)
+        return nn.dropout_mask(rng, shape, self.dropout, self.dtype)
 
     def _masks(self, rng, T, B):
         """Dropout masks: one per layer that feeds another, and one for the head's input."""

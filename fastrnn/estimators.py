@@ -169,8 +169,11 @@ _INIT_DOC = """
 
     fit and partial_fit run BLAS on one thread: training is a chain of small
     matrix products, for which a second thread costs more than it saves (on a
-    busy machine, up to 100 times more). predict leaves the process's thread
-    settings alone and may be called from several threads at once.
+    busy machine, up to 100 times more); ``n_jobs`` splits each batch over
+    threads instead. predict may be called from several threads at once. While
+    a batch is split over threads (in fit with ``n_jobs``, or in predict of 64
+    sequences or more), BLAS is set to one thread for the whole process and
+    restored afterwards (see :func:`fastrnn._config.single_threaded_blas`).
 
     Divergence: if the loss, a gradient or a weight becomes NaN or infinite
     during training (a far too large learning rate, unscaled targets), the

@@ -28,6 +28,15 @@ __all__ = ["RNN", "LSTM", "GRU"]
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
 
+def dropout_mask(rng, shape, dropout, dtype):
+    """Inverted-dropout mask: each entry 0 with probability ``dropout``, else
+    ``1 / (1 - dropout)``; drawn from the RandomState ``rng``."""
+    keep = 1.0 - dropout
+    if keep <= 0:
+        return np.zeros(shape, dtype)
+    return ((rng.random_sample(shape) < keep) / keep).astype(dtype)
+
+
 def _take(a, index, axis=1):
     """``a`` indexed along the batch ``axis`` (a slice or a permutation); None stays None."""
     if a is None:
@@ -50,8 +59,9 @@ def _batch_parts(B):
 
 
 def _map_parts(fn, items):
-    """``[fn(item) for item in items]``, one thread per item (BLAS on one thread
-    meanwhile) when there are several.
+    """``[fn(item) for item in items]``: when there are several, the calling
+    thread and the kept pool's threads (:func:`fastrnn._config.thread_pool`)
+    take one each, BLAS on one thread meanwhile.
 
     The samples of a batch are independent, so each thread runs the whole
     network over its slice with no synchronisation, where BLAS's own threads
@@ -70,7 +80,7 @@ def _map_parts(fn, items):
             first = run(items[0])  # the calling thread takes a slice too
         finally:
             wait(futures)  # no slice outlives the call, even on an error
-        return [first] + [f.result() for f in futures]
+    return [first] + [f.result() for f in futures]
 
 
 class _RNNBase:
@@ -293,11 +303,9 @@ class _RNNBase:
         the batch is split over threads."""
         masks = [None] * self.num_layers
         if self.training and self.dropout > 0:
-            keep = 1.0 - self.dropout
             shape = (T, B, self._state_size * self._num_directions)
             for k in range(1, self.num_layers):
-                masks[k] = ((self._rng.random_sample(shape) < keep) / keep if keep > 0
-                            else np.zeros(shape)).astype(self.dtype)
+                masks[k] = dropout_mask(self._rng, shape, self.dropout, self.dtype)
         return masks
 
     def _forward_batch(self, x, lengths, h0, c0, masks):

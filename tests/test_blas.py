@@ -67,12 +67,26 @@ def test_flush_denormals_flushes_inside_and_restores():
     with _blas.flush_denormals():
         assert _subnormal_product() == 0.0
     assert _subnormal_product() > 0
+    # a caller's own mix of the two bits (flush-to-zero alone) comes back as it was
+    ftz_only = 0x8000
+    was = _cython_kernels.set_flush_denormals(ftz_only)
+    try:
+        with _blas.flush_denormals():
+            pass
+        assert _cython_kernels.set_flush_denormals(ftz_only) == ftz_only
+    finally:
+        _cython_kernels.set_flush_denormals(was)
 
 
-def test_layer_call_leaves_subnormals_alone_in_the_callers_thread():
+@pytest.mark.parametrize("min_samples", [10 ** 9, 2], ids=["whole", "split"])
+def test_layer_call_leaves_subnormals_alone_in_the_callers_thread(monkeypatch,
+                                                                  min_samples):
+    import fastrnn._config as config
     from fastrnn.nn import LSTM
 
+    monkeypatch.setattr(config, "MIN_SAMPLES_PER_THREAD", min_samples)
     layer = LSTM(3, 4, random_state=0)
-    out, _ = layer(np.ones((5, 2, 3), np.float32))
-    layer.backward(np.ones_like(out))
+    with config.thread_limit(2):
+        out, _ = layer(np.ones((5, 6, 3), np.float32))
+        layer.backward(np.ones_like(out))
     assert _subnormal_product() > 0

@@ -68,16 +68,20 @@ cdef extern from *:
 #: Whether :func:`set_flush_denormals` can act on this CPU (x86 with SSE).
 HAS_FLUSH_DENORMALS = bool(FASTRNN_HAS_FTZ)
 
+#: The bits :func:`set_flush_denormals` sets: MXCSR's flush-to-zero (0x8000)
+#: and denormals-are-zero (0x0040).
+FLUSH_DENORMALS_BITS = FASTRNN_FTZ_DAZ
 
-def set_flush_denormals(bint on):
-    """Turn flushing of subnormal floats to zero on or off for the calling
-    thread (x86's MXCSR FTZ and DAZ bits); returns the previous setting.
+
+def set_flush_denormals(unsigned int bits):
+    """Set the calling thread's flush-to-zero and denormals-are-zero bits to
+    ``bits & FLUSH_DENORMALS_BITS`` (x86's MXCSR; a no-op elsewhere) and return
+    the previous ones, so that they can be restored exactly.
 
     Not one of the six kernels: see :func:`fastrnn._blas.flush_denormals`.
     """
-    cdef bint was = fastrnn_get_ftz() != 0
-    if FASTRNN_HAS_FTZ:
-        fastrnn_set_ftz(FASTRNN_FTZ_DAZ if on else 0)
+    cdef unsigned int was = fastrnn_get_ftz()
+    fastrnn_set_ftz(bits)
     return was
 
 
