@@ -177,7 +177,7 @@ class RecurrentNetwork:
         d = d_raw
         for k in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[k]
-            gx, _ = layer.backward(d)
+            gx, _ = layer.backward(d, input_grad=k > 0)  # no gradient for the data
             for j, (name, _) in enumerate(layer.named_parameters()):
                 grads[offsets[k] + j] += layer.grads[name]
             if k > 0:

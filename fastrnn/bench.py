@@ -102,7 +102,8 @@ class FastrnnRunner:
         for d in range(self.nd):
             g_h[-self.nd + d] = g_last[:, d * self.sc.H:(d + 1) * self.sc.H]
         grad_h_n = (g_h, None) if isinstance(h_n, tuple) else g_h
-        self.layer.backward(np.zeros_like(out), grad_h_n)
+        # the data needs no gradient (PyTorch's x does not require one either)
+        self.layer.backward(np.zeros_like(out), grad_h_n, input_grad=False)
         return self.layer.grads
 
 

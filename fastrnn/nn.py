@@ -437,7 +437,7 @@ class _RNNBase:
 
     # -------------------------------------------------------------- backward
 
-    def backward(self, grad_output, grad_h_n=None):
+    def backward(self, grad_output, grad_h_n=None, *, input_grad=True):
         """Backpropagate through time from the last :meth:`forward` call.
 
         Parameters
@@ -448,10 +448,14 @@ class _RNNBase:
             Gradient w.r.t. the final state (zeros if omitted). For an LSTM,
             either a ``(grad_h_n, grad_c_n)`` tuple (either may be None) or the
             gradient w.r.t. ``h_n`` alone.
+        input_grad : bool, default=True
+            If false, the gradient w.r.t. ``x`` is not computed (as PyTorch
+            skips it for an input that does not require one): one matrix
+            product over all steps less, and ``grad_x`` is None.
 
         Returns
         -------
-        grad_x : ndarray, shape of the forward's ``x``
+        grad_x : ndarray, shape of the forward's ``x``, or None
         grad_hx : ndarray or tuple of ndarray
             Gradient w.r.t. the initial state, with the structure of ``hx``
             (a ``(grad_h0, grad_c0)`` tuple for an LSTM). It is returned also
@@ -485,23 +489,24 @@ class _RNNBase:
         def run(part_cache):
             part, pcache = part_cache
             return self._backward_batch(pcache, dy[:, part], dh_all[:, part],
-                                        _take(dc_all, part))
+                                        _take(dc_all, part), input_grad)
 
         results = _map_parts(run, cache["parts"])
         grads = [r[0] for r in results]
         self.grads = {name: reduce(np.add, (g[name] for g in grads))
                       for name in self._params}
         grad_x, grad_h0, grad_c0 = (_join(r) for r in list(zip(*results))[1:])
-        grad_x = self._to_user_layout(grad_x, unbatched)
+        grad_x = None if grad_x is None else self._to_user_layout(grad_x, unbatched)
         grad_h0 = self._state_to_user(grad_h0, unbatched)
         if self._cell == "lstm":
             return grad_x, (grad_h0, self._state_to_user(grad_c0, unbatched))
         return grad_x, grad_h0
 
-    def _backward_batch(self, cache, dy, dh_all, dc_all):
+    def _backward_batch(self, cache, dy, dh_all, dc_all, input_grad):
         """Backpropagation through one batch slice's forward ``cache``; takes and
         returns time-major arrays in the caller's batch order: ``(grads, grad_x,
-        grad_h0, grad_c0)``, ``grad_c0`` None but for the LSTM."""
+        grad_h0, grad_c0)``, ``grad_x`` None unless ``input_grad``, ``grad_c0``
+        None but for the LSTM."""
         perm, lengths = cache["perm"], cache["lengths"]
         if perm is not None:
             dy, dh_all, dc_all = (_take(a, perm) for a in (dy, dh_all, dc_all))
@@ -519,7 +524,8 @@ class _RNNBase:
             layer = cache["layers"][k]
             inp = layer["inp"]
             D = inp.shape[2]
-            dx = np.zeros((T * B, D), dt)
+            need_dx = input_grad or k > 0
+            dx = np.zeros((T * B, D), dt) if need_dx else None
             for d in range(nd):
                 idx = k * nd + d
                 w_ih, w_hh, _, _, _, _, sfx = self._weights(k, d)
@@ -566,10 +572,12 @@ class _RNNBase:
                     # both biases enter as one sum but for the GRU's b_hn
                     grads[f"bias_hh_{sfx}"] = (g_b.copy() if dgh is dgx else
                                                dgh.reshape(T * B, G * H).sum(axis=0))
-                matmul(dgx2, w_ih, out=dx, accumulate=True)
-            dx = dx.reshape(T, B, D)
-            if layer["mask"] is not None:
-                dx *= layer["mask"]
+                if need_dx:
+                    matmul(dgx2, w_ih, out=dx, accumulate=True)
+            if need_dx:
+                dx = dx.reshape(T, B, D)
+                if layer["mask"] is not None:
+                    dx *= layer["mask"]
             dy = dx
 
         if perm is not None:

@@ -224,6 +224,40 @@ def test_inference_in_blocks_of_steps_equals_whole_sequence(monkeypatch, backend
         np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name,cls,opts", CELLS, ids=[c[0] for c in CELLS])
+@pytest.mark.parametrize("min_samples", [10 ** 9, 3], ids=["whole", "split"])
+def test_backward_without_input_gradient_keeps_every_other_gradient(
+        monkeypatch, backend, name, cls, opts, min_samples):
+    """input_grad=False returns None for grad_x and the same parameter and
+    initial-state gradients as a full backward (two layers, dropout, ragged)."""
+    import fastrnn._config as config
+
+    monkeypatch.setattr(config, "MIN_SAMPLES_PER_THREAD", min_samples)
+    rng = np.random.default_rng(8)
+    T, B = 5, 7
+    layer = make_layer(cls, opts, num_layers=2, bidirectional=True, dropout=0.3,
+                       dtype=np.float64, backend=backend, random_state=1)
+    x = rng.standard_normal((T, B, 3))
+    lengths = random_lengths(rng, B, T)
+    state = layer._rng.get_state()
+    results = []
+    for input_grad in (True, False):
+        layer._rng.set_state(state)  # the same dropout masks both times
+        with config.thread_limit(2):
+            out, h_n = layer(x, lengths=lengths)
+            weights = _loss_weights(np.random.default_rng(9), out, h_n)
+            grad_x, grad_hx = layer.backward(*weights, input_grad=input_grad)
+        results.append((grad_x, grad_hx, dict(layer.grads)))
+    (gx_full, ghx_full, full), (gx_none, ghx_none, skipped) = results
+    assert gx_full.shape == x.shape and gx_none is None
+    for a, b in zip(*(g if isinstance(g, tuple) else (g,) for g in (ghx_full, ghx_none))):
+        np.testing.assert_array_equal(b, a)
+    assert set(skipped) == set(full)
+    for k in full:
+        np.testing.assert_array_equal(skipped[k], full[k], err_msg=k)
+
+
 def test_required_backends_load():
     """numba is a runtime dependency: its backend must always load."""
     assert {"reference", "numba"} <= set(BACKENDS), BACKENDS
