@@ -38,7 +38,8 @@ def dropout_mask(rng, shape, dropout, dtype):
 
 
 def _take(a, index, axis=1):
-    """``a`` indexed along the batch ``axis`` (a slice or a permutation); None stays None."""
+    """``a`` indexed along the batch ``axis`` (a slice or a permutation);
+    None stays None."""
     if a is None:
         return None
     return a[(slice(None),) * axis + (index,)]
@@ -54,7 +55,10 @@ def _join(parts):
 def _batch_parts(B):
     """The batch as slices, one per thread: several only for a large batch
     (see :func:`fastrnn._config.batch_threads`)."""
-    bounds = np.linspace(0, B, _config.batch_threads(B) + 1).astype(int)
+    n = _config.batch_threads(B)
+    if n == 1:  # the common case, on every call's path: no linspace
+        return [slice(0, B)]
+    bounds = np.linspace(0, B, n + 1).astype(int)
     return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
