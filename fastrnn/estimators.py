@@ -500,9 +500,9 @@ class _BaseRNN(BaseEstimator):
         self._check_params()
         with single_threaded_blas(), layer_threads(self._n_threads(fit=True)):
             # why one BLAS thread: see fastrnn._config.single_threaded_blas
-            return self._fit_single_threaded(X, y, sample_weight, incremental, classes)
+            return self._fit_loop(X, y, sample_weight, incremental, classes)
 
-    def _fit_single_threaded(self, X, y, sample_weight, incremental, classes):
+    def _fit_loop(self, X, y, sample_weight, incremental, classes):
         first = not hasattr(self, "_network") or (not self.warm_start and not incremental)
         seqs = validate_sequences(self, X, reset=first,
                                   dtype=np.dtype(self.dtype) if first else
@@ -1059,7 +1059,8 @@ class RNNRegressor(RegressorMixin, _BaseRNN):
                  tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
-                 max_grad_norm=5.0, bptt_length=None, backend="auto", dtype=np.float32, n_jobs=None):
+                 max_grad_norm=5.0, bptt_length=None, backend="auto", dtype=np.float32,
+                 n_jobs=None):
         super().__init__(
             hidden_layer_sizes, cell, bidirectional=bidirectional,
             bidirectional_merge=bidirectional_merge, dropout=dropout, solver=solver,
@@ -1234,7 +1235,8 @@ class RNNSequenceClassifier(_PerStepMixin, _ClassifierMixin, ClassifierMixin, _B
                  warm_start=False, momentum=0.9, nesterovs_momentum=True,
                  early_stopping=False, validation_fraction=0.1, beta_1=0.9,
                  beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_grad_norm=5.0,
-                 bptt_length=None, class_weight=None, backend="auto", dtype=np.float32, n_jobs=None):
+                 bptt_length=None, class_weight=None, backend="auto", dtype=np.float32,
+                 n_jobs=None):
         super().__init__(
             hidden_layer_sizes, cell, bidirectional=bidirectional,
             bidirectional_merge=bidirectional_merge, dropout=dropout, solver=solver,

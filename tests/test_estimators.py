@@ -432,7 +432,8 @@ def test_divergence_in_the_first_epoch_raises_and_leaves_unfitted(cls):
     X = rng.standard_normal((16, 4, 2))
     y = rng.standard_normal(16) if cls is RNNRegressor else rng.standard_normal((16, 4))
     est = cls((3,), max_iter=3, random_state=0).fit(X, y)
-    for call in (lambda: est.fit(X, y * 1e20), lambda: clone(est).partial_fit(X, y * 1e20)):
+    for call in (lambda: est.fit(X, y * 1e20),
+                 lambda: clone(est).partial_fit(X, y * 1e20)):
         with pytest.raises(ValueError, match="training diverged in the first epoch.*"
                                              "left unfitted.*learning_rate_init"):
             call()

@@ -187,7 +187,8 @@ def test_batch_split_over_threads_trains_as_whole_batch(monkeypatch, backend, na
     (want, got) = results
 
     def flat(r):  # (out, state, grad_x, grad_state), a state an array or a tuple
-        return [a for item in r[:4] for a in (item if isinstance(item, tuple) else (item,))]
+        return [a for item in r[:4]
+                for a in (item if isinstance(item, tuple) else (item,))]
 
     assert len(flat(want)) == len(flat(got))
     for u, v in zip(flat(want), flat(got)):
