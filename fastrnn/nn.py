@@ -377,7 +377,12 @@ class _RNNBase:
         Returns the output (T, B, R) and, in training mode, the kernel caches.
         """
         T, B, _ = inp.shape
-        step = T if training else min(T, _config.INFERENCE_BLOCK_STEPS)
+        if training:
+            step = T
+        else:
+            per_step = B * _GATES[self._cell] * self.hidden_size * self.dtype.itemsize
+            step = max(1, min(T, _config.INFERENCE_BLOCK_STEPS,
+                              _config.INFERENCE_BLOCK_BYTES // per_step))
         if step == T:
             return self._forward_block(kernels, inp, k, d, lengths, h, c, training)
         out = np.zeros((T, B, self._state_size), self.dtype)

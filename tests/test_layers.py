@@ -204,7 +204,9 @@ def test_batch_split_over_threads_trains_as_whole_batch(monkeypatch, backend, na
 def test_inference_in_blocks_of_steps_equals_whole_sequence(monkeypatch, backend, name,
                                                            cls, opts):
     """Eval mode runs the steps in blocks (state carried over, each sample's
-    own end and reverse start respected): same results as one block."""
+    own end and reverse start respected): same results as one block, whether
+    the block length comes from INFERENCE_BLOCK_STEPS or, one step per block
+    here, from INFERENCE_BLOCK_BYTES."""
     import fastrnn._config as config
 
     rng = np.random.default_rng(4)
@@ -216,13 +218,15 @@ def test_inference_in_blocks_of_steps_equals_whole_sequence(monkeypatch, backend
     hx = _initial_state(cls, layer, B, rng)
     monkeypatch.setattr(config, "INFERENCE_BLOCK_STEPS", T)
     want = layer(x, hx, lengths=lengths)
-    monkeypatch.setattr(config, "INFERENCE_BLOCK_STEPS", 3)
-    got = layer(x, hx, lengths=lengths)
-    flat = [a for r in (want, got) for item in r
-            for a in (item if isinstance(item, tuple) else (item,))]
-    assert len(flat) % 2 == 0
-    for u, v in zip(flat[:len(flat) // 2], flat[len(flat) // 2:]):
-        np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12)
+    for steps, nbytes in [(3, 1 << 20), (T, 1)]:
+        monkeypatch.setattr(config, "INFERENCE_BLOCK_STEPS", steps)
+        monkeypatch.setattr(config, "INFERENCE_BLOCK_BYTES", nbytes)
+        got = layer(x, hx, lengths=lengths)
+        flat = [a for r in (want, got) for item in r
+                for a in (item if isinstance(item, tuple) else (item,))]
+        assert len(flat) % 2 == 0
+        for u, v in zip(flat[:len(flat) // 2], flat[len(flat) // 2:]):
+            np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
