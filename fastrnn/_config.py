@@ -31,6 +31,10 @@ INFERENCE_BLOCK_STEPS = 128
 #: cache where the projection just wrote them, not from main memory.
 INFERENCE_BLOCK_BYTES = 1 << 20
 
+#: The layers keep up to this many bytes of freed array memory for their next
+#: call (see :mod:`fastrnn._memory`); 0 turns the reuse off.
+REUSED_MEMORY_BYTES = 256 << 20
+
 _backend = None
 
 

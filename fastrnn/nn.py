@@ -21,6 +21,7 @@ import numpy as np
 
 from . import _config, _kernels
 from ._blas import flush_denormals, matmul
+from ._memory import reuse_array_memory
 from ._validation import as_float_array, as_random_state, check_lengths
 
 __all__ = ["RNN", "LSTM", "GRU"]
@@ -72,7 +73,8 @@ def _map_parts(fn, items):
     would meet twice per time step, in each step's small product.
     """
     def run(item):
-        with flush_denormals():  # per thread: see fastrnn._blas.flush_denormals
+        # per thread: see fastrnn._blas.flush_denormals and fastrnn._memory
+        with flush_denormals(), reuse_array_memory():
             return fn(item)
 
     if len(items) == 1:
@@ -278,6 +280,10 @@ class _RNNBase:
         h_n : ndarray of shape (num_layers * num_directions, B, R)
             Final states; for an LSTM a tuple ``(h_n, c_n)``.
         """
+        with reuse_array_memory():  # see fastrnn._memory
+            return self._forward(x, hx, lengths)
+
+    def _forward(self, x, hx, lengths):
         x, unbatched = self._check_input(x)
         T, B, _ = x.shape
         lengths = check_lengths(lengths, B, T, unbatched)
@@ -472,6 +478,10 @@ class _RNNBase:
 
         Also fills :attr:`grads`, a dict keyed like :meth:`state_dict`.
         """
+        with reuse_array_memory():  # see fastrnn._memory
+            return self._backward(grad_output, grad_h_n, input_grad)
+
+    def _backward(self, grad_output, grad_h_n, input_grad):
         if not self.training:
             raise RuntimeError(f"{type(self).__name__}.backward() needs a forward pass in "
                                "training mode, but the layer is in eval mode "

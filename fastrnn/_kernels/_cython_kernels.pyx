@@ -85,6 +85,224 @@ def set_flush_denormals(unsigned int bits):
     return was
 
 
+# ------------------------------------------------- reused array memory
+
+cdef extern from *:
+    """
+    #include <stdlib.h>
+    #include <string.h>
+    #include "pythread.h"
+
+    /* A NumPy data allocator that keeps freed large blocks for the next
+       allocation of (about) the same size. Every block carries a header with
+       its size; blocks of FASTRNN_REUSE_MIN to FASTRNN_REUSE_MAX bytes go back
+       to a small first-in, first-out cache of at most fastrnn_limit bytes
+       instead of free(), for a later malloc of at most 5/4 their size (see
+       fastrnn/_memory.py for the measurements behind the bounds). Fresh large blocks come from mmap, and their first touch costs
+       a page fault per 4 KiB page: several milliseconds per training step. */
+    #define FASTRNN_HDR 64
+    /* NumPy's tracemalloc domain for array data: arrays allocated here stay
+       visible to tracemalloc, as with NumPy's own allocator (a kept block is
+       not an array's, and is untracked while kept) */
+    #define FASTRNN_TRACE_DOMAIN 389047
+    #define FASTRNN_REUSE_MIN ((size_t)1 << 18)
+    #define FASTRNN_REUSE_MAX ((size_t)1 << 26)
+    #define FASTRNN_SLOTS 64
+
+    typedef struct { void* base; size_t size; } fastrnn_block;
+    static fastrnn_block fastrnn_cache[FASTRNN_SLOTS];
+    static int fastrnn_n = 0;
+    static size_t fastrnn_bytes = 0;
+    static size_t fastrnn_limit = 0;
+    static PyThread_type_lock fastrnn_lock = NULL;
+
+    static void* fastrnn_take(size_t size) {  /* a cached block, or NULL */
+        void* base = NULL;
+        int k, best = -1;
+        if (fastrnn_lock == NULL) return NULL;
+        PyThread_acquire_lock(fastrnn_lock, WAIT_LOCK);
+        for (k = 0; k < fastrnn_n; k++) {  /* the smallest that fits, <= 5/4 */
+            size_t s = fastrnn_cache[k].size;
+            if (s >= size && s - size <= size / 4
+                    && (best < 0 || s < fastrnn_cache[best].size)) best = k;
+        }
+        if (best >= 0) {
+            base = fastrnn_cache[best].base;
+            fastrnn_bytes -= fastrnn_cache[best].size;
+            fastrnn_n--;
+            memmove(fastrnn_cache + best, fastrnn_cache + best + 1,
+                    (size_t)(fastrnn_n - best) * sizeof(fastrnn_block));
+        }
+        PyThread_release_lock(fastrnn_lock);
+        return base;
+    }
+
+    static void fastrnn_release(void* base) {
+        size_t size = *(size_t*)base;
+        void* evicted[FASTRNN_SLOTS];
+        int n_evicted = 0, k;
+        if (size >= FASTRNN_REUSE_MIN && size <= FASTRNN_REUSE_MAX
+                && fastrnn_lock != NULL && size <= fastrnn_limit) {
+            PyThread_acquire_lock(fastrnn_lock, WAIT_LOCK);
+            /* make room: the oldest blocks go first */
+            while (fastrnn_n > 0 && (fastrnn_n == FASTRNN_SLOTS
+                                     || fastrnn_bytes + size > fastrnn_limit)) {
+                evicted[n_evicted++] = fastrnn_cache[0].base;
+                fastrnn_bytes -= fastrnn_cache[0].size;
+                fastrnn_n--;
+                memmove(fastrnn_cache, fastrnn_cache + 1,
+                        (size_t)fastrnn_n * sizeof(fastrnn_block));
+            }
+            fastrnn_cache[fastrnn_n].base = base;
+            fastrnn_cache[fastrnn_n].size = size;
+            fastrnn_n++;
+            fastrnn_bytes += size;
+            base = NULL;
+            PyThread_release_lock(fastrnn_lock);
+        }
+        for (k = 0; k < n_evicted; k++) free(evicted[k]);
+        free(base);
+    }
+
+    static void* fastrnn_track(void* base, size_t size) {
+        void* ptr = (char*)base + FASTRNN_HDR;
+        PyTraceMalloc_Track(FASTRNN_TRACE_DOMAIN, (uintptr_t)ptr, size);
+        return ptr;
+    }
+
+    static void* fastrnn_malloc(void* ctx, size_t size) {
+        void* base = NULL;
+        (void)ctx;
+        if (size > (size_t)-1 - FASTRNN_HDR) return NULL;
+        if (size >= FASTRNN_REUSE_MIN) base = fastrnn_take(size);
+        if (base == NULL) {
+            base = malloc(size + FASTRNN_HDR);
+            if (base == NULL) return NULL;
+            *(size_t*)base = size;
+        }
+        return fastrnn_track(base, size);
+    }
+
+    static void* fastrnn_calloc(void* ctx, size_t n, size_t elsize) {
+        /* Always fresh: the system's zero pages cost less than clearing a kept
+           block (np.zeros from the cache made an S5 RNN step 10% slower). */
+        size_t size;
+        void* base;
+        (void)ctx;
+        if (elsize != 0 && n > ((size_t)-1 - FASTRNN_HDR) / elsize) return NULL;
+        size = n * elsize;
+        base = calloc(size + FASTRNN_HDR, 1);
+        if (base == NULL) return NULL;
+        *(size_t*)base = size;
+        return fastrnn_track(base, size);
+    }
+
+    static void fastrnn_free(void* ctx, void* ptr, size_t size) {
+        (void)ctx; (void)size;  /* the header's size, not NumPy's, decides */
+        if (ptr == NULL) return;
+        PyTraceMalloc_Untrack(FASTRNN_TRACE_DOMAIN, (uintptr_t)ptr);
+        fastrnn_release((char*)ptr - FASTRNN_HDR);
+    }
+
+    static void* fastrnn_realloc(void* ctx, void* ptr, size_t new_size) {
+        void* p;
+        size_t old;
+        if (ptr == NULL) return fastrnn_malloc(ctx, new_size);
+        old = *(size_t*)((char*)ptr - FASTRNN_HDR);
+        p = fastrnn_malloc(ctx, new_size);
+        if (p == NULL) return NULL;  /* ptr stays valid, as realloc's contract says */
+        memcpy(p, ptr, old < new_size ? old : new_size);
+        fastrnn_free(ctx, ptr, old);
+        return p;
+    }
+
+    static PyDataMem_Handler fastrnn_handler = {
+        "fastrnn_reuse", 1,
+        {NULL, fastrnn_malloc, fastrnn_calloc, fastrnn_realloc, fastrnn_free}
+    };
+
+    static int fastrnn_reuse_init(void) {
+        if (fastrnn_lock == NULL) fastrnn_lock = PyThread_allocate_lock();
+        return fastrnn_lock != NULL ? 0 : -1;
+    }
+
+    static void fastrnn_reuse_after_fork(void) {
+        /* the parent's lock may have been held by a thread the child lacks */
+        fastrnn_lock = PyThread_allocate_lock();
+    }
+
+    static size_t fastrnn_set_limit(size_t limit) {
+        /* drop what no longer fits (all of it for 0); returns the bytes kept */
+        void* evicted[FASTRNN_SLOTS];
+        int n_evicted = 0, k;
+        size_t kept;
+        if (fastrnn_lock == NULL) return 0;
+        PyThread_acquire_lock(fastrnn_lock, WAIT_LOCK);
+        fastrnn_limit = limit;
+        while (fastrnn_n > 0 && fastrnn_bytes > limit) {
+            evicted[n_evicted++] = fastrnn_cache[0].base;
+            fastrnn_bytes -= fastrnn_cache[0].size;
+            fastrnn_n--;
+            memmove(fastrnn_cache, fastrnn_cache + 1, (size_t)fastrnn_n * sizeof(fastrnn_block));
+        }
+        kept = fastrnn_bytes;
+        PyThread_release_lock(fastrnn_lock);
+        for (k = 0; k < n_evicted; k++) free(evicted[k]);
+        return kept;
+    }
+
+    static size_t fastrnn_cached_bytes(void) { return fastrnn_bytes; }
+    """
+    ctypedef struct PyDataMem_Handler:
+        pass
+    PyDataMem_Handler fastrnn_handler
+    int fastrnn_reuse_init() except -1
+    void fastrnn_reuse_after_fork()
+    size_t fastrnn_set_limit(size_t limit)
+    size_t fastrnn_cached_bytes()
+    size_t FASTRNN_REUSE_MIN
+    size_t FASTRNN_REUSE_MAX
+
+
+from cpython.pycapsule cimport PyCapsule_New
+
+cdef extern from "numpy/arrayobject.h":
+    object PyDataMem_SetHandler(object handler)
+
+fastrnn_reuse_init()
+
+#: The reusing allocator, as the capsule NumPy takes (see :func:`set_array_allocator`).
+REUSE_HANDLER = PyCapsule_New(&fastrnn_handler, "mem_handler", NULL)
+
+#: Freed blocks of this many bytes (from, to) are kept for reuse.
+REUSE_BLOCK_BYTES = (FASTRNN_REUSE_MIN, FASTRNN_REUSE_MAX)
+
+
+def set_array_allocator(handler):
+    """Make NumPy allocate array data in the current context (thread) through
+    ``handler`` (``REUSE_HANDLER``, or a capsule this returned) and return the
+    previous one, so that it can be restored.
+
+    Not one of the six kernels: see :func:`fastrnn._memory.reuse_array_memory`.
+    """
+    return PyDataMem_SetHandler(handler)
+
+
+def set_reuse_limit(size_t limit):
+    """Keep at most ``limit`` bytes of freed blocks (0: keep none, free all
+    kept now); returns the bytes kept."""
+    return fastrnn_set_limit(limit)
+
+
+def reused_bytes():
+    """Bytes of freed blocks kept for reuse now."""
+    return fastrnn_cached_bytes()
+
+
+def _reuse_after_fork():
+    fastrnn_reuse_after_fork()
+
+
 # --------------------------------------------------------------- tanh loops
 
 # NumPy's 1-d inner-loop signature, declared callable without the GIL

@@ -1,0 +1,194 @@
+"""The reusing array allocator of :mod:`fastrnn._memory`.
+
+Its blocks must hold what was written to them, never be handed out twice,
+stay within the configured bound, come back zeroed where NumPy asks for zeros,
+and leave every layer result exactly as with NumPy's own allocator.
+"""
+
+import threading
+
+import numpy as np
+import pytest
+
+from fastrnn import _config, _memory, nn
+
+pytestmark = pytest.mark.skipif(
+    _memory._HANDLER is None,
+    reason="SKIPPED: the Cython extension is not built, so fastrnn._memory is a no-op")
+
+MIN, MAX = (1 << 18), (1 << 26)
+
+
+def _handler_name(a):
+    try:  # NumPy 2
+        from numpy._core.multiarray import get_handler_name
+    except ImportError:  # NumPy 1.x
+        from numpy.core.multiarray import get_handler_name
+    return get_handler_name(a)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pool():
+    _memory.release_memory()
+    yield
+    _memory.release_memory()
+
+
+def test_range_matches_the_extension():
+    from fastrnn._kernels._cython_kernels import REUSE_BLOCK_BYTES
+
+    assert REUSE_BLOCK_BYTES == (MIN, MAX)
+
+
+def test_freed_block_is_reused_for_the_same_size():
+    with _memory.reuse_array_memory():
+        a = np.empty(MIN, np.uint8)
+        assert _handler_name(a) == "fastrnn_reuse"
+        address = a.ctypes.data
+        del a
+        assert _memory.reused_bytes() == MIN
+        b = np.empty(MIN, np.uint8)
+        assert b.ctypes.data == address
+        assert _memory.reused_bytes() == 0
+
+
+def test_small_large_and_too_different_sizes_are_not_kept():
+    with _memory.reuse_array_memory():
+        for n in (MIN - 1, MAX + 1):
+            a = np.empty(n, np.uint8)
+            del a
+            assert _memory.reused_bytes() == 0, n
+        a = np.empty(4 * MIN, np.uint8)
+        address = a.ctypes.data
+        del a
+        b = np.empty(3 * MIN - 1, np.uint8)  # more than a quarter less: fresh
+        assert b.ctypes.data != address
+        assert _memory.reused_bytes() == 4 * MIN
+
+
+def test_zeros_are_zero_and_empty_keeps_nothing_stale_shared():
+    with _memory.reuse_array_memory():
+        a = np.empty(MIN // 4, np.float32)
+        a.fill(7.0)
+        del a
+        z = np.zeros(MIN // 4, np.float32)
+        assert not z.any()
+        blocks = [np.empty(MIN // 4, np.float32) for _ in range(3)]
+        for k, b in enumerate(blocks):
+            b.fill(k)
+        for k, b in enumerate(blocks):  # three live arrays, three blocks
+            assert (b == k).all()
+
+
+def test_bound_and_release(monkeypatch):
+    monkeypatch.setattr(_config, "REUSED_MEMORY_BYTES", 3 * MIN)
+    with _memory.reuse_array_memory():
+        arrays = [np.empty(MIN, np.uint8) for _ in range(5)]
+        del arrays
+        assert _memory.reused_bytes() == 3 * MIN
+    _memory.release_memory()
+    assert _memory.reused_bytes() == 0
+
+
+def test_off_when_bound_is_zero(monkeypatch):
+    monkeypatch.setattr(_config, "REUSED_MEMORY_BYTES", 0)
+    with _memory.reuse_array_memory():
+        a = np.empty(MIN, np.uint8)
+    assert _handler_name(a) != "fastrnn_reuse"
+
+
+def test_block_freed_after_the_context_returns_to_the_pool():
+    with _memory.reuse_array_memory():
+        a = np.empty(MIN, np.uint8)
+    assert _handler_name(np.empty(MIN, np.uint8)) != "fastrnn_reuse"
+    del a
+    assert _memory.reused_bytes() == MIN
+
+
+def test_resize_keeps_the_values():
+    with _memory.reuse_array_memory():
+        a = np.arange(MIN // 8, dtype=np.float64)
+        a.resize(MIN // 2, refcheck=False)  # realloc through the handler
+        np.testing.assert_array_equal(a[:MIN // 8], np.arange(MIN // 8))
+        assert not a[MIN // 8:].any()
+
+
+def test_threads_never_share_a_block():
+    errors = []
+
+    def work(seed):
+        rng = np.random.default_rng(seed)
+        try:
+            with _memory.reuse_array_memory():
+                for _ in range(200):
+                    n = int(rng.integers(MIN // 8, MIN))
+                    arrays = [np.empty(n, np.float64) for _ in range(3)]
+                    for k, a in enumerate(arrays):
+                        a.fill(seed * 10 + k)
+                    for k, a in enumerate(arrays):
+                        if not (a == seed * 10 + k).all():
+                            errors.append((seed, k))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert _memory.reused_bytes() <= _config.REUSED_MEMORY_BYTES
+
+
+@pytest.mark.parametrize("cls", [nn.RNN, nn.LSTM, nn.GRU])
+def test_layer_results_equal_with_and_without_reuse(monkeypatch, cls):
+    """A split training step (two slices) and an eval call, both twice so that
+    the second call runs on reused blocks: bit-identical to reuse turned off."""
+    monkeypatch.setattr(_config, "MIN_SAMPLES_PER_THREAD", 4)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((80, 16, 24)).astype(np.float32)
+    lengths = rng.integers(1, 81, 16)
+    # a slice's gate pre-activations take 80 * 8 * 128 * 4 bytes (or more): reused
+    layer = cls(24, 128, num_layers=2, bidirectional=True, random_state=0)
+
+    def step():
+        with _config.layer_threads(2):
+            layer.train()
+            out, h_n = layer(x, lengths=lengths)
+            gx, _ = layer.backward(np.ones_like(out))
+            grads = {k: v.copy() for k, v in layer.grads.items()}
+            layer.eval()
+            return [out, gx, layer(x, lengths=lengths)[0]], grads
+
+    results = {}
+    for bound in (0, 256 << 20):
+        monkeypatch.setattr(_config, "REUSED_MEMORY_BYTES", bound)
+        step()
+        results[bound] = step()
+        assert (_memory.reused_bytes() > 0) == (bound > 0)
+    (a, ga), (b, gb) = results[0], results[256 << 20]
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+    for k in ga:
+        np.testing.assert_array_equal(ga[k], gb[k], err_msg=k)
+
+
+def test_arrays_stay_visible_to_tracemalloc():
+    """The memory tests of test_serving.py measure with tracemalloc: array data
+    from this allocator must be traced while an array holds it, as NumPy's own
+    is, and not while the pool keeps it."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with _memory.reuse_array_memory():
+            before = tracemalloc.get_traced_memory()[0]
+            a = np.empty(MIN, np.uint8)
+            held = tracemalloc.get_traced_memory()[0] - before
+            del a
+            kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert MIN <= held < MIN + 4096
+    assert kept < 4096
+    assert _memory.reused_bytes() == MIN
