@@ -13,8 +13,10 @@ extension that keeps freed blocks of 256 KiB to 64 MiB, up to
 ``fastrnn._config.REUSED_MEMORY_BYTES`` in all (the oldest go first), and hands
 one out again for a request of up to a quarter less. Arrays allocated there
 keep that allocator for life: an output the caller holds returns its block
-when it is freed, whenever that is. Zero-filled arrays always take fresh
-memory (clearing a kept block cost more: an S5 RNN step 10% slower).
+when it is freed, whenever that is (unless the bound has been set to 0
+since). Zero-filled arrays always take fresh memory (clearing a kept block
+cost more: an S5 RNN step 10% slower). NumPy tracks handler allocations for
+tracemalloc itself, so arrays from here stay visible to it.
 
 Measured (2 threads, interleaved A/B, medians of 11, against reuse off):
 S3 RNN 6.8 -> 5.3 ms, S3 GRU 18.0 -> 16.0 ms, S4 GRU 1.19 -> 0.88 ms, S5 LSTM
@@ -45,7 +47,11 @@ def reuse_array_memory():
     """Within (in this thread): NumPy's array data comes from, and large
     blocks return to, the reusing allocator. The layers run every batch slice
     inside it."""
-    if _HANDLER is None or _config.REUSED_MEMORY_BYTES <= 0:
+    if _HANDLER is None:
+        yield
+        return
+    if _config.REUSED_MEMORY_BYTES <= 0:
+        _set_limit(0)  # off: blocks of arrays allocated before are freed too
         yield
         return
     _set_limit(_config.REUSED_MEMORY_BYTES)

@@ -377,8 +377,10 @@ class _RNNBase:
     def _forward_direction(self, kernels, inp, k, d, lengths, h, c, training):
         """One layer, one direction: input GEMM, then the recurrent kernel.
 
-        In eval mode the steps go in blocks of ``_config.INFERENCE_BLOCK_STEPS``,
-        each its own GEMM and kernel call with the running state carried over,
+        In eval mode the steps go in blocks of ``_config.INFERENCE_BLOCK_STEPS``
+        (fewer where a block's gate pre-activations would exceed
+        ``_config.INFERENCE_BLOCK_BYTES``, at least one step), each its own GEMM
+        and kernel call with the running state carried over,
         so the gate pre-activations never take more than one block's memory.
         Returns the output (T, B, R) and, in training mode, the kernel caches.
         """

@@ -122,32 +122,36 @@ def test_batch_of_one_and_single_step(backend, cell):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-@pytest.mark.parametrize("B,T,H", [(5, 12, 6), (1, 12, 160), (19, 12, 128)])
-def test_step_product_paths(backend, cell, B, T, H):
-    """Long enough calls (T >= 8) that the Cython backend's forward takes its
-    transposed copy of W_hh for small step products, with lengths that move a
-    call between that and the plain product as the active batch shrinks: at H
-    = 128 an LSTM step with 19 active samples is above the GEMM bound and one
-    with a single sample above the GEMV bound; at H = 160 every GRU or RNN
-    GEMV goes through the copy and an LSTM's never does."""
-    lengths = np.array(sorted([T] * (B // 2) + list(range(T, 0, -1))[:B - B // 2],
-                              reverse=True), dtype=np.int64)
+@pytest.mark.parametrize("H,lengths", [
+    (6, [12] * 5),                    # every step through the copy
+    (6, [10, 8, 5, 3]),               # no sample spans all 12 steps
+    (100, [12]),                      # one sample: every cell's GEMV through the copy
+    (160, [12]),                      # the RNN's GEMV through it, the GRU's and LSTM's not
+    (128, [12] + list(range(10, 0, -1)) * 2),  # 21 -> 1 active: plain GEMM, copy,
+])                                                # and (LSTM) plain GEMV at the end
+def test_step_product_paths(backend, dtype, cell, H, lengths):
+    """Calls of T = 12 >= 8 steps, in which the Cython backend's forward takes
+    a transposed copy of W_hh for small step products (below 2^20
+    multiply-adds, or 2^16 weights for one sample), with lengths that move a
+    call between the copy and the plain product as the active batch shrinks."""
+    T, B = 12, len(lengths)
+    lengths = np.array(sorted(lengths, reverse=True), dtype=np.int64)
     for reverse in (False, True):
-        c = _case(cell, np.float32, seed=B * 1000 + H, B=B, T=T, H=H)
+        c = _case(cell, dtype, seed=B * 1000 + H, B=B, T=T, H=H)
         c["lengths"] = lengths
         # PyTorch's initial scale: at +-0.5 a 160-unit RNN is chaotic, and
         # float32 rounding alone then grows past the tolerance in 12 steps
-        c["w_hh"] *= np.float32(1 / np.sqrt(H))
+        c["w_hh"] *= dtype(1 / np.sqrt(H))
         want = _run(reference, cell, c, reverse)
         got = _run(get_kernels(backend), cell, c, reverse)
         for name, value in want.items():
-            np.testing.assert_allclose(got[name], value, err_msg=name,
-                                       **TOL[np.float32])
+            np.testing.assert_allclose(got[name], value, err_msg=name, **TOL[dtype])
         inf = _inference(get_kernels(backend), cell, c, reverse)
         for name, value in inf.items():
             np.testing.assert_allclose(value, want[name], err_msg="inference " + name,
-                                       **TOL[np.float32])
+                                       **TOL[dtype])
 
 
 def test_reference_is_always_available():

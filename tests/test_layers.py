@@ -229,6 +229,35 @@ def test_inference_in_blocks_of_steps_equals_whole_sequence(monkeypatch, backend
             np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("cls,gates", [(RNN, 1), (LSTM, 4), (GRU, 3)])
+def test_inference_block_length(monkeypatch, cls, gates):
+    """Eval blocks hold at most INFERENCE_BLOCK_STEPS steps and, at one step
+    or more, at most INFERENCE_BLOCK_BYTES of gate pre-activations (B * G * H
+    values a step); training runs the whole sequence at once."""
+    import fastrnn._config as config
+
+    T, B, H = 20, 3, 5
+    per_step = B * gates * H * 8  # float64
+    layer = cls(2, H, dtype=np.float64, random_state=0).eval()
+    seen = []
+    block = layer._forward_block
+    monkeypatch.setattr(layer, "_forward_block",
+                        lambda k, inp, *a: seen.append(inp.shape[0]) or block(k, inp, *a))
+    x = np.ones((T, B, 2))
+    for steps, nbytes, want in [(128, 1 << 20, [20]), (6, 1 << 20, [6, 6, 6, 2]),
+                                (128, 3 * per_step + 1, [3] * 6 + [2]),
+                                (4, 3 * per_step, [3] * 6 + [2]), (128, 1, [1] * 20)]:
+        monkeypatch.setattr(config, "INFERENCE_BLOCK_STEPS", steps)
+        monkeypatch.setattr(config, "INFERENCE_BLOCK_BYTES", nbytes)
+        seen.clear()
+        layer(x)
+        assert seen == want, (steps, nbytes)
+    layer.train()
+    seen.clear()
+    layer(x)
+    assert seen == [T]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name,cls,opts", CELLS, ids=[c[0] for c in CELLS])
 @pytest.mark.parametrize("min_samples", [10 ** 9, 3], ids=["whole", "split"])

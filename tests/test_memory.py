@@ -91,10 +91,22 @@ def test_bound_and_release(monkeypatch):
 
 
 def test_off_when_bound_is_zero(monkeypatch):
+    with _memory.reuse_array_memory():
+        kept = np.empty(MIN, np.uint8)  # allocated while reuse was on
+        del kept
+        live = np.empty(MIN, np.uint8)
+    assert _memory.reused_bytes() == 0  # `kept`'s block went to `live`
+    with _memory.reuse_array_memory():
+        dropped = np.empty(2 * MIN, np.uint8)
+    del dropped
+    assert _memory.reused_bytes() == 2 * MIN
     monkeypatch.setattr(_config, "REUSED_MEMORY_BYTES", 0)
     with _memory.reuse_array_memory():
+        assert _memory.reused_bytes() == 0  # turning it off frees what was kept
         a = np.empty(MIN, np.uint8)
     assert _handler_name(a) != "fastrnn_reuse"
+    del live  # allocated under the handler, freed after reuse was turned off
+    assert _memory.reused_bytes() == 0
 
 
 def test_block_freed_after_the_context_returns_to_the_pool():
@@ -176,7 +188,8 @@ def test_layer_results_equal_with_and_without_reuse(monkeypatch, cls):
 def test_arrays_stay_visible_to_tracemalloc():
     """The memory tests of test_serving.py measure with tracemalloc: array data
     from this allocator must be traced while an array holds it, as NumPy's own
-    is, and not while the pool keeps it."""
+    is, and not while the pool keeps it (NumPy tracks around every handler
+    call; this checks that it still does with ours)."""
     import tracemalloc
 
     tracemalloc.start()

@@ -101,10 +101,8 @@ cdef extern from *:
        fastrnn/_memory.py for the measurements behind the bounds). Fresh large blocks come from mmap, and their first touch costs
        a page fault per 4 KiB page: several milliseconds per training step. */
     #define FASTRNN_HDR 64
-    /* NumPy's tracemalloc domain for array data: arrays allocated here stay
-       visible to tracemalloc, as with NumPy's own allocator (a kept block is
-       not an array's, and is untracked while kept) */
-    #define FASTRNN_TRACE_DOMAIN 389047
+    /* (tracemalloc: NumPy tracks and untracks array data around every call of
+       a handler, so arrays from here stay visible, and kept blocks do not.) */
     #define FASTRNN_REUSE_MIN ((size_t)1 << 18)
     #define FASTRNN_REUSE_MAX ((size_t)1 << 26)
     #define FASTRNN_SLOTS 64
@@ -141,9 +139,13 @@ cdef extern from *:
         size_t size = *(size_t*)base;
         void* evicted[FASTRNN_SLOTS];
         int n_evicted = 0, k;
-        if (size >= FASTRNN_REUSE_MIN && size <= FASTRNN_REUSE_MAX
-                && fastrnn_lock != NULL && size <= fastrnn_limit) {
+        if (size >= FASTRNN_REUSE_MIN && size <= FASTRNN_REUSE_MAX && fastrnn_lock != NULL) {
             PyThread_acquire_lock(fastrnn_lock, WAIT_LOCK);
+            if (size > fastrnn_limit) {  /* read under the lock: set_limit may race */
+                PyThread_release_lock(fastrnn_lock);
+                free(base);
+                return;
+            }
             /* make room: the oldest blocks go first */
             while (fastrnn_n > 0 && (fastrnn_n == FASTRNN_SLOTS
                                      || fastrnn_bytes + size > fastrnn_limit)) {
@@ -164,12 +166,6 @@ cdef extern from *:
         free(base);
     }
 
-    static void* fastrnn_track(void* base, size_t size) {
-        void* ptr = (char*)base + FASTRNN_HDR;
-        PyTraceMalloc_Track(FASTRNN_TRACE_DOMAIN, (uintptr_t)ptr, size);
-        return ptr;
-    }
-
     static void* fastrnn_malloc(void* ctx, size_t size) {
         void* base = NULL;
         (void)ctx;
@@ -180,7 +176,7 @@ cdef extern from *:
             if (base == NULL) return NULL;
             *(size_t*)base = size;
         }
-        return fastrnn_track(base, size);
+        return (char*)base + FASTRNN_HDR;
     }
 
     static void* fastrnn_calloc(void* ctx, size_t n, size_t elsize) {
@@ -194,14 +190,12 @@ cdef extern from *:
         base = calloc(size + FASTRNN_HDR, 1);
         if (base == NULL) return NULL;
         *(size_t*)base = size;
-        return fastrnn_track(base, size);
+        return (char*)base + FASTRNN_HDR;
     }
 
     static void fastrnn_free(void* ctx, void* ptr, size_t size) {
         (void)ctx; (void)size;  /* the header's size, not NumPy's, decides */
-        if (ptr == NULL) return;
-        PyTraceMalloc_Untrack(FASTRNN_TRACE_DOMAIN, (uintptr_t)ptr);
-        fastrnn_release((char*)ptr - FASTRNN_HDR);
+        if (ptr != NULL) fastrnn_release((char*)ptr - FASTRNN_HDR);
     }
 
     static void* fastrnn_realloc(void* ctx, void* ptr, size_t new_size) {
@@ -227,8 +221,12 @@ cdef extern from *:
     }
 
     static void fastrnn_reuse_after_fork(void) {
-        /* the parent's lock may have been held by a thread the child lacks */
+        /* the parent's lock may have been held by a thread the child lacks,
+           halfway through an update: a new lock, the byte count recounted */
+        int k;
         fastrnn_lock = PyThread_allocate_lock();
+        fastrnn_bytes = 0;
+        for (k = 0; k < fastrnn_n; k++) fastrnn_bytes += fastrnn_cache[k].size;
     }
 
     static size_t fastrnn_set_limit(size_t limit) {
@@ -513,7 +511,13 @@ cdef floating* _transposed_weights(const floating* w, Py_ssize_t G, Py_ssize_t R
                                    Py_ssize_t nb_min, Py_ssize_t B,
                                    Py_ssize_t T) except? NULL:
     """A row-major copy of ``w.T`` (``w`` is (G, R)) when some step of a call
-    of ``T`` steps, each with ``nb_min`` to ``B`` samples, will use it; else NULL."""
+    of ``T`` steps, each with ``nb_min`` to ``B`` samples, will use it; else NULL.
+    (``nb_min``: the samples active at the longest one's last step, at least 1.)
+
+    Whether a step uses the copy depends on its number of samples and on the
+    call's length, so in float32 a sequence run in several calls (eval mode's
+    blocks of steps) can differ from one call over it in the last bit of some
+    values; the same call always gives the same result."""
     cdef Py_ssize_t i0, j0, i, j, i1, j1
     if T < _TRANSPOSED_MIN_STEPS or not (
             _use_transposed(nb_min, G, R)
@@ -654,7 +658,7 @@ def rnn_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
     cdef floating* buf = <floating*>_alloc(B * H, sizeof(floating))
     cdef floating* wt = NULL
     try:
-        wt = _transposed_weights(w_p, H, H, _n_active(len_p, B, T - 1), B, T)
+        wt = _transposed_weights(w_p, H, H, _n_active(len_p, B, len_p[0] - 1), B, T)
         with nogil:
             for s in range(T):
                 t = T - 1 - s if reverse else s
@@ -780,7 +784,7 @@ def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
     cdef floating* scale = NULL   # 1/2 for the sigmoid gates, 1 for g
     cdef floating* wt = NULL
     try:
-        wt = _transposed_weights(w_p, G, R, _n_active(len_p, B, T - 1), B, T)
+        wt = _transposed_weights(w_p, G, R, _n_active(len_p, B, len_p[0] - 1), B, T)
         tcb = <floating*>_alloc(B * H, sizeof(floating))
         scale = <floating*>_alloc(G, sizeof(floating))
         for k in range(G):
@@ -1052,7 +1056,7 @@ def gru_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
     cdef floating* nbuf = NULL  # the candidate n of the active rows
     cdef floating* wt = NULL
     try:
-        wt = _transposed_weights(w_p, G, H, _n_active(len_p, B, T - 1), B, T)
+        wt = _transposed_weights(w_p, G, H, _n_active(len_p, B, len_p[0] - 1), B, T)
         hnb = <floating*>_alloc(B * H, sizeof(floating))
         nbuf = <floating*>_alloc(B * H, sizeof(floating))
         with nogil:
