@@ -413,12 +413,18 @@ class _RNNBase:
         T, B, D = inp.shape
         w_ih, w_hh, b_ih, b_hh, w_hr, peep, _ = self._weights(k, d)
         H, R, G = self.hidden_size, self._state_size, _GATES[self._cell]
-        gx = matmul(inp.reshape(T * B, D), w_ih, trans_b=True).reshape(T, B, G * H)
         if self.bias:
+            # the product is added to the bias (one pass fewer over gx than
+            # adding the bias to the product afterwards)
             bias = b_ih + b_hh
             if self._cell == "gru":
                 bias[2 * H:] = b_ih[2 * H:]  # b_hn stays in the reset product
-            gx += bias
+            gx = np.empty((T * B, G * H), self.dtype)
+            gx[...] = bias
+            matmul(inp.reshape(T * B, D), w_ih, trans_b=True, out=gx, accumulate=True)
+        else:
+            gx = matmul(inp.reshape(T * B, D), w_ih, trans_b=True)
+        gx = gx.reshape(T, B, G * H)
         reverse = bool(d)
         out = np.empty((T, B, R), self.dtype)
         dt = self.dtype
