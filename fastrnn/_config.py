@@ -26,11 +26,6 @@ MIN_SAMPLES_PER_THREAD = 32
 #: with the sequence length (in training, the whole sequence is kept anyway).
 INFERENCE_BLOCK_STEPS = 128
 
-#: ...and fewer when a block's gate pre-activations would take more than this
-#: many bytes (at least one step): the kernel then reads them from the L2
-#: cache where the projection just wrote them, not from main memory.
-INFERENCE_BLOCK_BYTES = 1 << 20
-
 #: The layers keep up to this many bytes of freed array memory for their next
 #: call (see :mod:`fastrnn._memory`); 0 turns the reuse off.
 REUSED_MEMORY_BYTES = 256 << 20

@@ -377,20 +377,13 @@ class _RNNBase:
     def _forward_direction(self, kernels, inp, k, d, lengths, h, c, training):
         """One layer, one direction: input GEMM, then the recurrent kernel.
 
-        In eval mode the steps go in blocks of ``_config.INFERENCE_BLOCK_STEPS``
-        (fewer where a block's gate pre-activations would exceed
-        ``_config.INFERENCE_BLOCK_BYTES``, at least one step), each its own GEMM
-        and kernel call with the running state carried over,
+        In eval mode the steps go in blocks of ``_config.INFERENCE_BLOCK_STEPS``,
+        each its own GEMM and kernel call with the running state carried over,
         so the gate pre-activations never take more than one block's memory.
         Returns the output (T, B, R) and, in training mode, the kernel caches.
         """
         T, B, _ = inp.shape
-        if training:
-            step = T
-        else:
-            per_step = B * _GATES[self._cell] * self.hidden_size * self.dtype.itemsize
-            step = max(1, min(T, _config.INFERENCE_BLOCK_STEPS,
-                              _config.INFERENCE_BLOCK_BYTES // per_step))
+        step = T if training else min(T, _config.INFERENCE_BLOCK_STEPS)
         if step == T:
             return self._forward_block(kernels, inp, k, d, lengths, h, c, training)
         out = np.zeros((T, B, self._state_size), self.dtype)

@@ -204,9 +204,8 @@ def test_batch_split_over_threads_trains_as_whole_batch(monkeypatch, backend, na
 def test_inference_in_blocks_of_steps_equals_whole_sequence(monkeypatch, backend, name,
                                                            cls, opts):
     """Eval mode runs the steps in blocks (state carried over, each sample's
-    own end and reverse start respected): same results as one block, whether
-    the block length comes from INFERENCE_BLOCK_STEPS or, one step per block
-    here, from INFERENCE_BLOCK_BYTES."""
+    own end and reverse start respected): same results as one block, with
+    blocks of 3 steps and of one."""
     import fastrnn._config as config
 
     rng = np.random.default_rng(4)
@@ -218,9 +217,8 @@ def test_inference_in_blocks_of_steps_equals_whole_sequence(monkeypatch, backend
     hx = _initial_state(cls, layer, B, rng)
     monkeypatch.setattr(config, "INFERENCE_BLOCK_STEPS", T)
     want = layer(x, hx, lengths=lengths)
-    for steps, nbytes in [(3, 1 << 20), (T, 1)]:
+    for steps in (3, 1):
         monkeypatch.setattr(config, "INFERENCE_BLOCK_STEPS", steps)
-        monkeypatch.setattr(config, "INFERENCE_BLOCK_BYTES", nbytes)
         got = layer(x, hx, lengths=lengths)
         flat = [a for r in (want, got) for item in r
                 for a in (item if isinstance(item, tuple) else (item,))]
@@ -229,29 +227,24 @@ def test_inference_in_blocks_of_steps_equals_whole_sequence(monkeypatch, backend
             np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("cls,gates", [(RNN, 1), (LSTM, 4), (GRU, 3)])
-def test_inference_block_length(monkeypatch, cls, gates):
-    """Eval blocks hold at most INFERENCE_BLOCK_STEPS steps and, at one step
-    or more, at most INFERENCE_BLOCK_BYTES of gate pre-activations (B * G * H
-    values a step); training runs the whole sequence at once."""
+@pytest.mark.parametrize("cls", [RNN, LSTM, GRU])
+def test_inference_block_length(monkeypatch, cls):
+    """Eval blocks hold INFERENCE_BLOCK_STEPS steps (the last one the rest);
+    training runs the whole sequence at once."""
     import fastrnn._config as config
 
     T, B, H = 20, 3, 5
-    per_step = B * gates * H * 8  # float64
     layer = cls(2, H, dtype=np.float64, random_state=0).eval()
     seen = []
     block = layer._forward_block
     monkeypatch.setattr(layer, "_forward_block",
                         lambda k, inp, *a: seen.append(inp.shape[0]) or block(k, inp, *a))
     x = np.ones((T, B, 2))
-    for steps, nbytes, want in [(128, 1 << 20, [20]), (6, 1 << 20, [6, 6, 6, 2]),
-                                (128, 3 * per_step + 1, [3] * 6 + [2]),
-                                (4, 3 * per_step, [3] * 6 + [2]), (128, 1, [1] * 20)]:
+    for steps, want in [(128, [20]), (6, [6, 6, 6, 2]), (1, [1] * 20)]:
         monkeypatch.setattr(config, "INFERENCE_BLOCK_STEPS", steps)
-        monkeypatch.setattr(config, "INFERENCE_BLOCK_BYTES", nbytes)
         seen.clear()
         layer(x)
-        assert seen == want, (steps, nbytes)
+        assert seen == want, steps
     layer.train()
     seen.clear()
     layer(x)
