@@ -135,6 +135,14 @@ cdef extern from *:
         return base;
     }
 
+    static void* fastrnn_pop_oldest(void) {  /* under the lock, fastrnn_n > 0 */
+        void* base = fastrnn_cache[0].base;
+        fastrnn_bytes -= fastrnn_cache[0].size;
+        fastrnn_n--;
+        memmove(fastrnn_cache, fastrnn_cache + 1, (size_t)fastrnn_n * sizeof(fastrnn_block));
+        return base;
+    }
+
     static void fastrnn_release(void* base) {
         size_t size = *(size_t*)base;
         void* evicted[FASTRNN_SLOTS];
@@ -148,13 +156,8 @@ cdef extern from *:
             }
             /* make room: the oldest blocks go first */
             while (fastrnn_n > 0 && (fastrnn_n == FASTRNN_SLOTS
-                                     || fastrnn_bytes + size > fastrnn_limit)) {
-                evicted[n_evicted++] = fastrnn_cache[0].base;
-                fastrnn_bytes -= fastrnn_cache[0].size;
-                fastrnn_n--;
-                memmove(fastrnn_cache, fastrnn_cache + 1,
-                        (size_t)fastrnn_n * sizeof(fastrnn_block));
-            }
+                                     || fastrnn_bytes + size > fastrnn_limit))
+                evicted[n_evicted++] = fastrnn_pop_oldest();
             fastrnn_cache[fastrnn_n].base = base;
             fastrnn_cache[fastrnn_n].size = size;
             fastrnn_n++;
@@ -237,12 +240,8 @@ cdef extern from *:
         if (fastrnn_lock == NULL) return 0;
         PyThread_acquire_lock(fastrnn_lock, WAIT_LOCK);
         fastrnn_limit = limit;
-        while (fastrnn_n > 0 && fastrnn_bytes > limit) {
-            evicted[n_evicted++] = fastrnn_cache[0].base;
-            fastrnn_bytes -= fastrnn_cache[0].size;
-            fastrnn_n--;
-            memmove(fastrnn_cache, fastrnn_cache + 1, (size_t)fastrnn_n * sizeof(fastrnn_block));
-        }
+        while (fastrnn_n > 0 && fastrnn_bytes > limit)
+            evicted[n_evicted++] = fastrnn_pop_oldest();
         kept = fastrnn_bytes;
         PyThread_release_lock(fastrnn_lock);
         for (k = 0; k < n_evicted; k++) free(evicted[k]);
