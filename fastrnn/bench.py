@@ -239,7 +239,7 @@ def _peers(sc, cell, x, lengths, fast):
     return peers
 
 
-def run_case(sc, cell, rounds=7, backend="auto", min_time=0.05, settle=0.3):
+def run_case(sc, cell, rounds=7, backend="auto", min_time=0.05, settle=0.3, warmup=0.05):
     """Time fastrnn and its peers on one scenario and cell.
 
     Returns a dict with the median seconds per call of each runner and the
@@ -263,11 +263,17 @@ def run_case(sc, cell, rounds=7, backend="auto", min_time=0.05, settle=0.3):
                 # Runtime), which spin for a while after a call, go idle first,
                 # so that no library is timed against another's spinning threads.
                 time.sleep(settle)
-                # ...then one untimed call: after an idle pause the first call
-                # runs on cold caches and a CPU that has to wake up (an S3 LSTM
-                # step took 35 ms after 0.3 s idle, 21 ms back to back), and
-                # each library is to be timed in its steady state.
+                # ...then untimed calls for `warmup` seconds (at least one):
+                # after an idle pause the first calls run on cold caches and
+                # CPUs that have to wake up (an S3 LSTM step took 35 ms after
+                # 0.3 s idle, 21 ms back to back; an S3 RNN step, split over
+                # two threads, 8.2 ms for the next six calls after one warm
+                # call, 5.7 ms after 50 ms of them), and each library is to be
+                # timed in its steady state.
+                t0 = time.perf_counter()
                 r()
+                while time.perf_counter() - t0 < warmup:
+                    r()
                 t0 = time.perf_counter()
                 for _ in range(reps):
                     r()
@@ -280,7 +286,7 @@ def run_case(sc, cell, rounds=7, backend="auto", min_time=0.05, settle=0.3):
     return result
 
 
-def run(scenarios=None, cells=None, rounds=7, backend="auto", settle=0.3):
+def run(scenarios=None, cells=None, rounds=7, backend="auto", settle=0.3, warmup=0.05):
     """Run the chosen scenarios (ids) and cells; return a list of result dicts."""
     results = []
     for sid in scenarios or SCENARIOS:
@@ -288,7 +294,8 @@ def run(scenarios=None, cells=None, rounds=7, backend="auto", settle=0.3):
         for cell in sc.cells:
             if cells and cell not in cells:
                 continue
-            results.append(run_case(sc, cell, rounds, backend, settle=settle))
+            results.append(run_case(sc, cell, rounds, backend, settle=settle,
+                                    warmup=warmup))
     return results
 
 
@@ -321,9 +328,13 @@ def main(argv=None):
     parser.add_argument("--settle", type=float, default=0.3,
                         help="seconds of idle before each timed batch of calls, so that "
                              "no library is timed against another's spinning threads")
+    parser.add_argument("--warmup", type=float, default=0.05,
+                        help="seconds of untimed calls (at least one) after the idle "
+                             "pause, so that every library is timed in its steady state")
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
-    results = run(args.scenarios, args.cells, args.rounds, args.backend, args.settle)
+    results = run(args.scenarios, args.cells, args.rounds, args.backend, args.settle,
+                  args.warmup)
     if args.json:
         print(json.dumps(dict(environment=_environment(), results=results), indent=1))
         return 0

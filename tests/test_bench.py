@@ -26,7 +26,7 @@ def test_peers_agree_with_fastrnn(sid, cell):
     sc = replace(bench.SCENARIOS[sid], B=3, T=12, D=4, H=5)
     if sc.ragged:
         sc = replace(sc, T=15)  # lengths drawn from [10, T]
-    res = bench.run_case(sc, cell, rounds=1, min_time=0.0, settle=0.0)
+    res = bench.run_case(sc, cell, rounds=1, min_time=0.0, settle=0.0, warmup=0.0)
     expected = {"pytorch"} | ({"onnxruntime"} if sc.kind == "inference" else set())
     assert set(res["ratio"]) == expected
     assert all(np.isfinite(v) and v > 0 for v in res["median_s"].values())
