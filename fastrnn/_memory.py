@@ -9,20 +9,22 @@ its memory (glibc's ``MALLOC_MMAP_THRESHOLD_`` raised, for the experiment).
 
 Inside :func:`reuse_array_memory` (every layer call runs inside it, in each of
 its threads), NumPy allocates array data through an allocator of the Cython
-extension that keeps freed blocks of 256 KiB to 64 MiB, up to
+extension that keeps freed blocks of 256 KiB to 4 MiB, up to
 ``fastrnn._config.REUSED_MEMORY_BYTES`` in all (the oldest go first), and hands
 one out again for a request of up to a quarter less. Arrays allocated there
 keep that allocator for life: an output the caller holds returns its block
 when it is freed, whenever that is (unless the bound has been set to 0
 since). Zero-filled arrays always take fresh memory (clearing a kept block
-cost more: an S5 RNN step 10% slower). NumPy tracks handler allocations for
-tracemalloc itself, so arrays from here stay visible to it.
+cost more: an S5 RNN step 10% slower). Fresh blocks of 4 MiB or more ask for
+transparent huge pages, as NumPy's allocator does. NumPy tracks handler
+allocations for tracemalloc itself, so arrays from here stay visible to it.
 
 Measured (2 threads, interleaved A/B, medians of 11, against reuse off):
-S3 RNN 6.8 -> 5.3 ms, S3 GRU 18.0 -> 16.0 ms, S4 GRU 1.19 -> 0.88 ms, S5 LSTM
-1.04 -> 0.96 s, S5 RNN 262 -> 234 ms, S7 RNN 7.3 -> 5.3 ms; none slower. Peak
-memory of three S5 steps: LSTM 949 -> 975 MiB, RNN 402 -> 384 MiB (blocks
-up to 16 MiB only: the same; unbounded: +88 MiB).
+S3 RNN 7.0 -> 5.5 ms, S3 GRU 21.5 -> 20.7 ms, S4 GRU 1.20 -> 0.92 ms, S7 RNN
+7.6 -> 5.3 ms; S5 and S6 unchanged (within 1%). Keeping blocks of 4 MiB and
+more as well sped S5 up by 8 to 11% but slowed S6 by 12 to 17% (not
+understood; huge pages were not it), hence the 4 MiB bound. Peak RSS: S3
+LSTM step 121 -> 129 MiB, S5 LSTM 951 -> 999 MiB.
 
 Without the Cython extension these are no-ops.
 """
@@ -32,7 +34,24 @@ from contextlib import contextmanager
 
 from . import _config
 
+_hugepages_known = False
+
+
+def _numpy_hugepages():
+    """Whether NumPy's allocator asks for huge pages for big arrays (it does on
+    Linux kernels from 4.6 on, unless turned off)."""
+    try:  # NumPy 2
+        from numpy._core.multiarray import _get_madvise_hugepage
+    except ImportError:
+        try:  # NumPy 1.x
+            from numpy.core.multiarray import _get_madvise_hugepage
+        except ImportError:
+            return False
+    return bool(_get_madvise_hugepage())
+
+
 try:
+    from ._kernels._cython_kernels import set_reuse_hugepages as _set_hugepages
     from ._kernels._cython_kernels import REUSE_HANDLER as _HANDLER
     from ._kernels._cython_kernels import _reuse_after_fork
     from ._kernels._cython_kernels import reused_bytes as _reused_bytes
@@ -40,6 +59,7 @@ try:
     from ._kernels._cython_kernels import set_reuse_limit as _set_limit
 except ImportError:  # extension not built: NumPy's own allocator throughout
     _HANDLER = _set_allocator = _set_limit = _reused_bytes = _reuse_after_fork = None
+    _set_hugepages = None
 
 
 @contextmanager
@@ -50,6 +70,10 @@ def reuse_array_memory():
     if _HANDLER is None:
         yield
         return
+    global _hugepages_known
+    if not _hugepages_known:  # follow NumPy's setting, as at the first use
+        _set_hugepages(_numpy_hugepages())
+        _hugepages_known = True
     if _config.REUSED_MEMORY_BYTES <= 0:
         _set_limit(0)  # off: blocks of arrays allocated before are freed too
         yield

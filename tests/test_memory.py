@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(
     _memory._HANDLER is None,
     reason="SKIPPED: the Cython extension is not built, so fastrnn._memory is a no-op")
 
-MIN, MAX = (1 << 18), (1 << 26)
+MIN, MAX = (1 << 18), (1 << 22)
 
 
 def _handler_name(a):
