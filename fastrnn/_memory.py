@@ -34,9 +34,6 @@ from contextlib import contextmanager
 
 from . import _config
 
-_hugepages_known = False
-
-
 def _numpy_hugepages():
     """Whether NumPy's allocator asks for huge pages for big arrays (it does on
     Linux kernels from 4.6 on, unless turned off)."""
@@ -70,10 +67,6 @@ def reuse_array_memory():
     if _HANDLER is None:
         yield
         return
-    global _hugepages_known
-    if not _hugepages_known:  # follow NumPy's setting, as at the first use
-        _set_hugepages(_numpy_hugepages())
-        _hugepages_known = True
     if _config.REUSED_MEMORY_BYTES <= 0:
         _set_limit(0)  # off: blocks of arrays allocated before are freed too
         yield
@@ -96,6 +89,9 @@ def release_memory():
     if _set_limit is not None:
         _set_limit(0)
 
+
+if _set_hugepages is not None:
+    _set_hugepages(_numpy_hugepages())  # NumPy's setting, as at import
 
 if _reuse_after_fork is not None and hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reuse_after_fork)

@@ -70,18 +70,23 @@ def _map_parts(fn, items):
 
     The samples of a batch are independent, so each thread runs the whole
     network over its slice with no synchronisation, where BLAS's own threads
-    would meet twice per time step, in each step's small product.
+    would meet twice per time step, in each step's small product. The caller
+    (forward, backward) is already inside :func:`reuse_array_memory`; the pool's
+    threads enter it here.
     """
     def run(item):
-        # per thread: see fastrnn._blas.flush_denormals and fastrnn._memory
-        with flush_denormals(), reuse_array_memory():
+        with flush_denormals():  # per thread: see fastrnn._blas.flush_denormals
             return fn(item)
+
+    def run_in_pool(item):
+        with reuse_array_memory():  # per thread too: see fastrnn._memory
+            return run(item)
 
     if len(items) == 1:
         return [run(items[0])]
     with _config.single_threaded_blas():
         pool = _config.thread_pool(len(items) - 1)
-        futures = [pool.submit(run, item) for item in items[1:]]
+        futures = [pool.submit(run_in_pool, item) for item in items[1:]]
         try:
             first = run(items[0])  # the calling thread takes a slice too
         finally:

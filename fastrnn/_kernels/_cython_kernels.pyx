@@ -98,18 +98,21 @@ cdef extern from *:
     #endif
 
     /* A NumPy data allocator that keeps freed large blocks for the next
-       allocation of (about) the same size. Every block carries a header with
-       its size; blocks of FASTRNN_REUSE_MIN to FASTRNN_REUSE_MAX bytes go back
-       to a small first-in, first-out cache of at most fastrnn_limit bytes
+       allocation of (about) the same size: a fresh large block comes from
+       mmap, and its first touch costs a page fault per 4 KiB page, several
+       milliseconds per training step. Every block carries a header with its
+       size; blocks of FASTRNN_REUSE_MIN to FASTRNN_REUSE_MAX bytes go back to
+       a small first-in, first-out cache of at most fastrnn_limit bytes
        instead of free(), for a later malloc of at most 5/4 their size (see
-       fastrnn/_memory.py for the measurements behind the bounds). Fresh large blocks come from mmap, and their first touch costs
-       a page fault per 4 KiB page: several milliseconds per training step. */
+       fastrnn/_memory.py for the measurements behind the bounds).
+       tracemalloc: NumPy tracks and untracks array data around every call of
+       a handler, so arrays from here stay visible, and kept blocks do not. */
     #define FASTRNN_HDR 64
-    /* (tracemalloc: NumPy tracks and untracks array data around every call of
-       a handler, so arrays from here stay visible, and kept blocks do not.) */
     #define FASTRNN_REUSE_MIN ((size_t)1 << 18)
     #define FASTRNN_REUSE_MAX ((size_t)1 << 22)
     #define FASTRNN_SLOTS 64
+    /* NumPy's own allocator advises huge pages from this size on */
+    #define FASTRNN_HUGEPAGE_MIN ((size_t)1 << 22)
 
     typedef struct { void* base; size_t size; } fastrnn_block;
     static fastrnn_block fastrnn_cache[FASTRNN_SLOTS];
@@ -117,6 +120,15 @@ cdef extern from *:
     static size_t fastrnn_bytes = 0;
     static size_t fastrnn_limit = 0;
     static PyThread_type_lock fastrnn_lock = NULL;
+
+    static void* fastrnn_remove(int k) {  /* entry k out of the cache, under the lock */
+        void* base = fastrnn_cache[k].base;
+        fastrnn_bytes -= fastrnn_cache[k].size;
+        fastrnn_n--;
+        memmove(fastrnn_cache + k, fastrnn_cache + k + 1,
+                (size_t)(fastrnn_n - k) * sizeof(fastrnn_block));
+        return base;
+    }
 
     static void* fastrnn_take(size_t size) {  /* a cached block, or NULL */
         void* base = NULL;
@@ -128,22 +140,8 @@ cdef extern from *:
             if (s >= size && s - size <= size / 4
                     && (best < 0 || s < fastrnn_cache[best].size)) best = k;
         }
-        if (best >= 0) {
-            base = fastrnn_cache[best].base;
-            fastrnn_bytes -= fastrnn_cache[best].size;
-            fastrnn_n--;
-            memmove(fastrnn_cache + best, fastrnn_cache + best + 1,
-                    (size_t)(fastrnn_n - best) * sizeof(fastrnn_block));
-        }
+        if (best >= 0) base = fastrnn_remove(best);
         PyThread_release_lock(fastrnn_lock);
-        return base;
-    }
-
-    static void* fastrnn_pop_oldest(void) {  /* under the lock, fastrnn_n > 0 */
-        void* base = fastrnn_cache[0].base;
-        fastrnn_bytes -= fastrnn_cache[0].size;
-        fastrnn_n--;
-        memmove(fastrnn_cache, fastrnn_cache + 1, (size_t)fastrnn_n * sizeof(fastrnn_block));
         return base;
     }
 
@@ -158,10 +156,10 @@ cdef extern from *:
                 free(base);
                 return;
             }
-            /* make room: the oldest blocks go first */
+            /* make room: the oldest blocks (entry 0) go first */
             while (fastrnn_n > 0 && (fastrnn_n == FASTRNN_SLOTS
                                      || fastrnn_bytes + size > fastrnn_limit))
-                evicted[n_evicted++] = fastrnn_pop_oldest();
+                evicted[n_evicted++] = fastrnn_remove(0);
             fastrnn_cache[fastrnn_n].base = base;
             fastrnn_cache[fastrnn_n].size = size;
             fastrnn_n++;
@@ -180,7 +178,7 @@ cdef extern from *:
 
     static void fastrnn_advise(void* base, size_t size) {
     #if defined(__linux__) && defined(MADV_HUGEPAGE)
-        if (fastrnn_hugepages && size >= ((size_t)1 << 22)) {
+        if (fastrnn_hugepages && size >= FASTRNN_HUGEPAGE_MIN) {
             uintptr_t start = ((uintptr_t)base + 4095u) & ~(uintptr_t)4095u;
             uintptr_t end = ((uintptr_t)base + size) & ~(uintptr_t)4095u;
             if (end > start) madvise((void*)start, end - start, MADV_HUGEPAGE);
@@ -264,7 +262,7 @@ cdef extern from *:
         PyThread_acquire_lock(fastrnn_lock, WAIT_LOCK);
         fastrnn_limit = limit;
         while (fastrnn_n > 0 && fastrnn_bytes > limit)
-            evicted[n_evicted++] = fastrnn_pop_oldest();
+            evicted[n_evicted++] = fastrnn_remove(0);
         kept = fastrnn_bytes;
         PyThread_release_lock(fastrnn_lock);
         for (k = 0; k < n_evicted; k++) free(evicted[k]);
@@ -539,17 +537,19 @@ cdef inline bint _use_transposed(Py_ssize_t nb, Py_ssize_t G, Py_ssize_t R) noex
 
 
 cdef floating* _transposed_weights(const floating* w, Py_ssize_t G, Py_ssize_t R,
-                                   Py_ssize_t nb_min, Py_ssize_t B,
+                                   const int64_t* lengths, Py_ssize_t B,
                                    Py_ssize_t T) except? NULL:
     """A row-major copy of ``w.T`` (``w`` is (G, R)) when some step of a call
-    of ``T`` steps, each with ``nb_min`` to ``B`` samples, will use it; else NULL.
-    (``nb_min``: the samples active at the longest one's last step, at least 1.)
+    of ``T`` steps over ``B`` samples of (sorted) ``lengths`` will use it, with
+    ``nb_min`` (the samples active at the longest one's last step, at least 1)
+    to ``B`` samples; else NULL.
 
     Whether a step uses the copy depends on its number of samples and on the
     call's length, so in float32 a sequence run in several calls (eval mode's
     blocks of steps) can differ from one call over it in the last bit of some
     values; the same call always gives the same result."""
     cdef Py_ssize_t i0, j0, i, j, i1, j1
+    cdef Py_ssize_t nb_min = _n_active(lengths, B, lengths[0] - 1)
     if T < _TRANSPOSED_MIN_STEPS or not (
             _use_transposed(nb_min, G, R)
             or (nb_min == 1 and B > 1 and _use_transposed(2, G, R))):
@@ -689,7 +689,7 @@ def rnn_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
     cdef floating* buf = <floating*>_alloc(B * H, sizeof(floating))
     cdef floating* wt = NULL
     try:
-        wt = _transposed_weights(w_p, H, H, _n_active(len_p, B, len_p[0] - 1), B, T)
+        wt = _transposed_weights(w_p, H, H, len_p, B, T)
         with nogil:
             for s in range(T):
                 t = T - 1 - s if reverse else s
@@ -815,7 +815,7 @@ def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
     cdef floating* scale = NULL   # 1/2 for the sigmoid gates, 1 for g
     cdef floating* wt = NULL
     try:
-        wt = _transposed_weights(w_p, G, R, _n_active(len_p, B, len_p[0] - 1), B, T)
+        wt = _transposed_weights(w_p, G, R, len_p, B, T)
         tcb = <floating*>_alloc(B * H, sizeof(floating))
         scale = <floating*>_alloc(G, sizeof(floating))
         for k in range(G):
@@ -1087,7 +1087,7 @@ def gru_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
     cdef floating* nbuf = NULL  # the candidate n of the active rows
     cdef floating* wt = NULL
     try:
-        wt = _transposed_weights(w_p, G, H, _n_active(len_p, B, len_p[0] - 1), B, T)
+        wt = _transposed_weights(w_p, G, H, len_p, B, T)
         hnb = <floating*>_alloc(B * H, sizeof(floating))
         nbuf = <floating*>_alloc(B * H, sizeof(floating))
         with nogil:
