@@ -121,7 +121,32 @@ def test_batch_of_one_and_single_step(backend, cell):
                                        **TOL[np.float64])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+def _panel_settings(backend):
+    """The Cython backend's float32 step products run on packed panels where
+    the CPU allows (AVX-512) and through BLAS otherwise: test both there."""
+    if backend != "cython":
+        return [None]
+    from fastrnn._kernels import _cython_kernels
+    return [True, False] if _cython_kernels.PANELS_AVAILABLE else [False]
+
+
+@pytest.fixture
+def panels(request):
+    """Set the Cython backend's panel products for one test, then restore them."""
+    if request.param is None:
+        yield None
+        return
+    from fastrnn._kernels import _cython_kernels
+    was = _cython_kernels.set_panel_products(request.param)
+    try:
+        yield request.param
+    finally:
+        _cython_kernels.set_panel_products(was)
+
+
+@pytest.mark.parametrize("backend,panels", [(b, p) for b in BACKENDS
+                                            for p in _panel_settings(b)],
+                         indirect=["panels"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("H,lengths", [
@@ -131,9 +156,11 @@ def test_batch_of_one_and_single_step(backend, cell):
     (160, [12]),                      # the RNN's GEMV through it, the GRU's and LSTM's not
     (128, [12] + list(range(10, 0, -1)) * 2),  # 21 -> 1 active: plain GEMM, copy,
 ])                                                # and (LSTM) plain GEMV at the end
-def test_step_product_paths(backend, dtype, cell, H, lengths):
-    """Calls of T = 12 >= 8 steps, in which the Cython backend's forward takes
-    a transposed copy of W_hh for small step products (below 2^20
+def test_step_product_paths(backend, panels, dtype, cell, H, lengths):
+    """Calls of T = 12 >= 8 steps, in which the Cython backend prepares W_hh
+    once per call: in float32 packed panels when on (forward and backward;
+    every row count from the active batch down to one sample), else in the
+    forward a transposed copy for small step products (below 2^20
     multiply-adds, or 2^16 weights for one sample), with lengths that move a
     call between the copy and the plain product as the active batch shrinks."""
     T, B = 12, len(lengths)
@@ -152,6 +179,57 @@ def test_step_product_paths(backend, dtype, cell, H, lengths):
         for name, value in inf.items():
             np.testing.assert_allclose(value, want[name], err_msg="inference " + name,
                                        **TOL[dtype])
+
+
+def _panels_or_skip():
+    from fastrnn._kernels import _cython_kernels  # noqa: F401 (skips without it)
+
+    if not _cython_kernels.PANELS_AVAILABLE:
+        pytest.skip("panel products need an x86-64 CPU with AVX-512 (and gcc or clang); "
+                    "the kernels use BLAS here instead")
+    return _cython_kernels
+
+
+@pytest.mark.parametrize("transposed", [True, False])
+@pytest.mark.parametrize("m,k,n", [
+    (1, 1, 1), (1, 5, 17), (1, 128, 512), (1, 259, 33),   # one row (the GEMV path)
+    (2, 3, 31), (7, 32, 16), (8, 64, 32), (9, 17, 48),    # 8-row blocks and rest
+    (15, 256, 100), (33, 257, 64), (40, 600, 96),         # chunks of k and of rows
+])
+def test_panel_matmul(transposed, m, k, n):
+    """The packed-panel product against a float64 product of the same float32
+    numbers, within the rigorous bound of a k-term float32 dot product:
+    ``|error| <= (k + 2) u (|a| @ |b|)`` with ``u = 2^-24`` (k in chunks adds
+    one rounding, accumulating into ``out`` one more)."""
+    kern = _panels_or_skip()
+    rng = np.random.default_rng(m * 1000 + k * 10 + n)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k) if transposed else (k, n)).astype(np.float32)
+    b = w.T.astype(np.float64) if transposed else w.astype(np.float64)
+    want = a.astype(np.float64) @ b
+    bound = (k + 2) * 2.0 ** -24 * (np.abs(a).astype(np.float64) @ np.abs(b))
+    got = kern.panel_matmul(a, w, transposed)
+    assert got.shape == (m, n) and got.dtype == np.float32
+    assert np.all(np.abs(got - want) <= bound)
+    # accumulating into out, which ends where the last panel's padding would
+    flat = rng.standard_normal(m * n + 32).astype(np.float32)
+    base = flat[:m * n].reshape(m, n).copy()
+    tail = flat[m * n:].copy()
+    out = flat[:m * n].reshape(m, n)
+    kern.panel_matmul(a, w, transposed, out=out)
+    assert np.all(np.abs(out - (want + base))
+                  <= bound + 2.0 ** -24 * (np.abs(want + base) + np.abs(base)))
+    np.testing.assert_array_equal(flat[m * n:], tail)
+
+
+def test_panel_matmul_rejects_bad_shapes():
+    kern = _panels_or_skip()
+    a = np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match="panel_matmul"):
+        kern.panel_matmul(a, np.ones((5, 3), np.float32), True)
+    with pytest.raises(ValueError, match="out"):
+        kern.panel_matmul(a, np.ones((5, 4), np.float32), True,
+                          out=np.ones((3, 4), np.float32))
 
 
 def test_reference_is_always_available():

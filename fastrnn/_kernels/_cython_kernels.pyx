@@ -5,9 +5,11 @@
 Same six functions, argument order and in-place semantics as
 :mod:`fastrnn._kernels.reference` (see :mod:`fastrnn._kernels` for the
 contract). Each public function checks shapes (cheap, O(B)), allocates its work
-buffers once, then runs the whole time loop ``with nogil``: per step one BLAS
-call for the recurrent product on the active prefix of the batch (GEMM, or GEMV
-when a single sample is active), then short element-wise loops over the gates.
+buffers once, then runs the whole time loop ``with nogil``: per step one
+product for the recurrent term on the active prefix of the batch, then short
+element-wise loops over the gates. In float32 on AVX-512 the product runs on
+the call's weights packed once into panels (see the packed-panel section);
+elsewhere it is a BLAS call (GEMM, or GEMV when a single sample is active).
 
 Transcendentals. Every nonlinearity is a ``tanh`` (the sigmoid is
 ``0.5 * tanh(0.5 * x) + 0.5``, finite for any input, the reference's formula).
@@ -520,14 +522,240 @@ cdef void _matmul_nn(floating* c, const floating* a, const floating* w,
         _gemm_rm(False, False, n, m, k, a, k, w, m, beta, c, m)
 
 
+# ------------------------------------------ step products on packed panels
+
+cdef extern from *:
+    """
+    /* The recurrent product of one step, h (m, k) @ B (k, n), with B the
+       step's weights packed once per kernel call into panels of 32 columns:
+       panel j holds columns 32j..32j+31 as k rows of 32 floats (zero-padded
+       past n), so a step reads each weight once, in order, and BLAS's repacking
+       of the weights at every call (~20% of an LSTM training step at B=32,
+       H=128) is gone. float32 on AVX-512 only; the kernels fall back to BLAS
+       elsewhere (FASTRNN_HAS_PANELS, fastrnn_panels_cpu()).
+
+       A block of up to 8 rows by one panel keeps its 16 sums in registers
+       over the whole k loop (in chunks of FASTRNN_KC, whose panel slice stays
+       in L1): two loads and eight broadcasts per 16 fused multiply-adds. Each
+       output is the sum over k in order, whatever m; one row alone (a GEMV)
+       reads the panel with 8 independent sums instead, to run at L2 speed. */
+    #include <stddef.h>
+    #include <stdlib.h>
+    #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(_WIN32)
+    #define FASTRNN_HAS_PANELS 1
+    #include <immintrin.h>
+    #define FASTRNN_KC 256
+    #define FASTRNN_MC 32
+    #define FASTRNN_AVX512 __attribute__((target("avx512f,fma")))
+
+    static int fastrnn_panels_cpu(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+    }
+
+    /* masks of the valid lanes of a panel's two halves, w columns left */
+    FASTRNN_AVX512 static inline void fastrnn_panel_masks(ptrdiff_t w, __mmask16* m0,
+                                                    __mmask16* m1) {
+        *m0 = w >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << w) - 1u);
+        *m1 = w >= 32 ? (__mmask16)0xFFFF
+              : (w <= 16 ? (__mmask16)0 : (__mmask16)((1u << (w - 16)) - 1u));
+    }
+
+    /* c (mr, 32) (+)= a (mr, k) @ bp (k, 32), mr <= 8: inlined with mr a
+       constant, so the sums stay in registers */
+    FASTRNN_AVX512 __attribute__((always_inline)) static inline void
+    fastrnn_panel_block(const int mr, ptrdiff_t k, const float* a, ptrdiff_t lda,
+                  const float* bp, float* c, ptrdiff_t ldc, __mmask16 m0,
+                  __mmask16 m1, int acc) {
+        __m512 s0[8], s1[8];
+        for (int i = 0; i < mr; i++) {
+            s0[i] = _mm512_setzero_ps();
+            s1[i] = _mm512_setzero_ps();
+        }
+        for (ptrdiff_t p = 0; p < k; p++) {
+            __m512 b0 = _mm512_loadu_ps(bp + p * 32);
+            __m512 b1 = _mm512_loadu_ps(bp + p * 32 + 16);
+            for (int i = 0; i < mr; i++) {
+                __m512 x = _mm512_set1_ps(a[i * lda + p]);
+                s0[i] = _mm512_fmadd_ps(x, b0, s0[i]);
+                s1[i] = _mm512_fmadd_ps(x, b1, s1[i]);
+            }
+        }
+        for (int i = 0; i < mr; i++) {
+            float* cr = c + i * ldc;
+            if (acc) {
+                s0[i] = _mm512_add_ps(s0[i], _mm512_maskz_loadu_ps(m0, cr));
+                s1[i] = _mm512_add_ps(s1[i], _mm512_maskz_loadu_ps(m1, cr + 16));
+            }
+            _mm512_mask_storeu_ps(cr, m0, s0[i]);
+            _mm512_mask_storeu_ps(cr + 16, m1, s1[i]);
+        }
+    }
+
+    /* one row: c (n) (+)= a (k) @ bp */
+    FASTRNN_AVX512 static void fastrnn_panel_row(ptrdiff_t n, ptrdiff_t k, const float* a,
+                                           const float* bp, float* c, int acc) {
+        for (ptrdiff_t j0 = 0; j0 < n; j0 += 32) {
+            __mmask16 m0, m1;
+            fastrnn_panel_masks(n - j0, &m0, &m1);
+            const float* pb = bp + j0 * k;
+            __m512 s[8];
+            for (int q = 0; q < 8; q++) s[q] = _mm512_setzero_ps();
+            ptrdiff_t p = 0;
+            for (; p + 4 <= k; p += 4) {
+                for (int u = 0; u < 4; u++) {
+                    __m512 x = _mm512_set1_ps(a[p + u]);
+                    s[2 * u] = _mm512_fmadd_ps(x, _mm512_loadu_ps(pb + (p + u) * 32),
+                                               s[2 * u]);
+                    s[2 * u + 1] = _mm512_fmadd_ps(
+                        x, _mm512_loadu_ps(pb + (p + u) * 32 + 16), s[2 * u + 1]);
+                }
+            }
+            for (; p < k; p++) {
+                __m512 x = _mm512_set1_ps(a[p]);
+                s[0] = _mm512_fmadd_ps(x, _mm512_loadu_ps(pb + p * 32), s[0]);
+                s[1] = _mm512_fmadd_ps(x, _mm512_loadu_ps(pb + p * 32 + 16), s[1]);
+            }
+            __m512 v0 = _mm512_add_ps(_mm512_add_ps(s[0], s[2]), _mm512_add_ps(s[4], s[6]));
+            __m512 v1 = _mm512_add_ps(_mm512_add_ps(s[1], s[3]), _mm512_add_ps(s[5], s[7]));
+            if (acc) {
+                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, c + j0));
+                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, c + j0 + 16));
+            }
+            _mm512_mask_storeu_ps(c + j0, m0, v0);
+            _mm512_mask_storeu_ps(c + j0 + 16, m1, v1);
+        }
+    }
+
+    /* c (m, n) = a (m, k) @ B, plus c when acc; bp from fastrnn_pack_panels */
+    FASTRNN_AVX512 static void fastrnn_sgemm_panels(
+            ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdiff_t lda,
+            const float* bp, float* c, ptrdiff_t ldc, int acc) {
+        if (m == 1) {
+            fastrnn_panel_row(n, k, a, bp, c, acc);
+            return;
+        }
+        for (ptrdiff_t p0 = 0; p0 < k; p0 += FASTRNN_KC) {
+            ptrdiff_t kc = k - p0 < FASTRNN_KC ? k - p0 : FASTRNN_KC;
+            int ac = acc || p0 > 0;
+            for (ptrdiff_t i0 = 0; i0 < m; i0 += FASTRNN_MC) {
+                ptrdiff_t i1 = m - i0 < FASTRNN_MC ? m : i0 + FASTRNN_MC;
+                for (ptrdiff_t j0 = 0; j0 < n; j0 += 32) {
+                    __mmask16 m0, m1;
+                    fastrnn_panel_masks(n - j0, &m0, &m1);
+                    const float* pb = bp + j0 * k + p0 * 32;
+                    for (ptrdiff_t i = i0; i < i1; i += 8) {
+                        const float* ai = a + i * lda + p0;
+                        float* ci = c + i * ldc + j0;
+                        switch (i1 - i < 8 ? i1 - i : 8) {
+                        case 8: fastrnn_panel_block(8, kc, ai, lda, pb, ci, ldc, m0, m1, ac); break;
+                        case 7: fastrnn_panel_block(7, kc, ai, lda, pb, ci, ldc, m0, m1, ac); break;
+                        case 6: fastrnn_panel_block(6, kc, ai, lda, pb, ci, ldc, m0, m1, ac); break;
+                        case 5: fastrnn_panel_block(5, kc, ai, lda, pb, ci, ldc, m0, m1, ac); break;
+                        case 4: fastrnn_panel_block(4, kc, ai, lda, pb, ci, ldc, m0, m1, ac); break;
+                        case 3: fastrnn_panel_block(3, kc, ai, lda, pb, ci, ldc, m0, m1, ac); break;
+                        case 2: fastrnn_panel_block(2, kc, ai, lda, pb, ci, ldc, m0, m1, ac); break;
+                        default: fastrnn_panel_block(1, kc, ai, lda, pb, ci, ldc, m0, m1, ac); break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    #else
+    #define FASTRNN_HAS_PANELS 0
+    static int fastrnn_panels_cpu(void) { return 0; }
+    static void fastrnn_sgemm_panels(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                                     const float* a, ptrdiff_t lda, const float* bp,
+                                     float* c, ptrdiff_t ldc, int acc) { abort(); }
+    #endif
+
+    /* floats of the panels of a (k, n) operand */
+    static size_t fastrnn_panels_size(ptrdiff_t k, ptrdiff_t n) {
+        return (size_t)((n + 31) / 32) * 32 * (size_t)k;
+    }
+
+    /* 64-byte aligned panels of B (k, n): B = w.T for w (n, k) when
+       transposed, else B = w (k, n); both C-contiguous. NULL if out of memory.
+       free() releases them. */
+    static float* fastrnn_pack_panels(const float* w, ptrdiff_t k, ptrdiff_t n,
+                                      int transposed) {
+        void* mem = NULL;
+        size_t size = fastrnn_panels_size(k, n) * sizeof(float);
+        if (posix_memalign(&mem, 64, size > 0 ? size : 64) != 0) return NULL;
+        float* bp = (float*)mem;
+        for (ptrdiff_t j0 = 0; j0 < n; j0 += 32) {
+            ptrdiff_t wd = n - j0 < 32 ? n - j0 : 32;
+            float* dst = bp + j0 * k;
+            for (ptrdiff_t p = 0; p < k; p++) {
+                for (ptrdiff_t j = 0; j < wd; j++)
+                    dst[p * 32 + j] = transposed ? w[(j0 + j) * k + p] : w[p * n + j0 + j];
+                for (ptrdiff_t j = wd; j < 32; j++) dst[p * 32 + j] = 0.0f;
+            }
+        }
+        return bp;
+    }
+    """
+    const int FASTRNN_HAS_PANELS
+    int fastrnn_panels_cpu() nogil
+    void fastrnn_sgemm_panels(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a,
+                              Py_ssize_t lda, const float* bp, float* c, Py_ssize_t ldc,
+                              int acc) nogil
+    float* fastrnn_pack_panels(const float* w, Py_ssize_t k, Py_ssize_t n,
+                               int transposed) nogil
+
+
+#: Whether this build and CPU can run the step products on packed panels
+#: (float32, x86-64 with AVX-512, gcc or clang).
+PANELS_AVAILABLE = bool(FASTRNN_HAS_PANELS and fastrnn_panels_cpu())
+cdef bint _panels_on = PANELS_AVAILABLE
+
+
+def set_panel_products(bint on):
+    """Run float32 step products on packed panels (when :data:`PANELS_AVAILABLE`)
+    or through BLAS; returns the previous setting. For tests and measurements:
+    the kernels read it once per call."""
+    global _panels_on
+    cdef bint was = _panels_on
+    _panels_on = on and PANELS_AVAILABLE
+    return was
+
+
+def panel_matmul(const float[:, ::1] a, const float[:, ::1] w, bint transposed,
+                 float[:, ::1] out=None):
+    """``a @ w.T`` (``transposed``) or ``a @ w`` through the panel product, for
+    tests: one packing, one product, added to ``out`` when given (else into a
+    new array). Needs :data:`PANELS_AVAILABLE`."""
+    if not PANELS_AVAILABLE:
+        raise RuntimeError("panel products need float32 AVX-512 and gcc or clang")
+    cdef Py_ssize_t m = a.shape[0], k = a.shape[1]
+    cdef Py_ssize_t n = w.shape[0] if transposed else w.shape[1]
+    if (w.shape[1] if transposed else w.shape[0]) != k or m == 0 or k == 0 or n == 0:
+        raise ValueError(f"panel_matmul: shapes ({m}, {k}) and "
+                         f"({w.shape[0]}, {w.shape[1]}), transposed={transposed}")
+    cdef bint acc = out is not None
+    if acc:
+        _expect("out", out.shape, 2, m, n)
+    else:
+        out = np.empty((m, n), np.float32)
+    cdef float* bp = fastrnn_pack_panels(&w[0, 0], k, n, transposed)
+    if bp == NULL:
+        raise MemoryError("cannot allocate the packed weights")
+    with nogil:
+        fastrnn_sgemm_panels(m, n, k, &a[0, 0], k, bp, &out[0, 0], n, acc)
+    free(bp)
+    return np.asarray(out)
+
+
 cdef enum:
     # Step products ``h (nb, R) @ W_hh.T`` go through a transposed copy of
     # ``W_hh`` (see _step_product) below this many multiply-adds...
     _TRANSPOSED_GEMM_BELOW = 1 << 20
     # ...or, for one sample (a GEMV), below this many weights...
     _TRANSPOSED_GEMV_BELOW = 1 << 16
-    # ...in calls of at least this many steps, which pay for the copy.
-    _TRANSPOSED_MIN_STEPS = 8
+    # ...in calls of at least this many steps, which pay for the copy (or
+    # the panels).
+    _PREPARED_MIN_STEPS = 8
 
 
 cdef inline bint _use_transposed(Py_ssize_t nb, Py_ssize_t G, Py_ssize_t R) noexcept nogil:
@@ -537,12 +765,11 @@ cdef inline bint _use_transposed(Py_ssize_t nb, Py_ssize_t G, Py_ssize_t R) noex
 
 
 cdef floating* _transposed_weights(const floating* w, Py_ssize_t G, Py_ssize_t R,
-                                   const int64_t* lengths, Py_ssize_t B,
-                                   Py_ssize_t T) except? NULL:
-    """A row-major copy of ``w.T`` (``w`` is (G, R)) when some step of a call
-    of ``T`` steps over ``B`` samples of (sorted) ``lengths`` will use it, with
-    ``nb_min`` (the samples active at the longest one's last step, at least 1)
-    to ``B`` samples; else NULL.
+                                   const int64_t* lengths, Py_ssize_t B) except? NULL:
+    """A row-major copy of ``w.T`` (``w`` is (G, R)) when some step over ``B``
+    samples of (sorted) ``lengths`` will use it, with ``nb_min`` (the samples
+    active at the longest one's last step, at least 1) to ``B`` samples; else
+    NULL.
 
     Whether a step uses the copy depends on its number of samples and on the
     call's length, so in float32 a sequence run in several calls (eval mode's
@@ -550,8 +777,7 @@ cdef floating* _transposed_weights(const floating* w, Py_ssize_t G, Py_ssize_t R
     values; the same call always gives the same result."""
     cdef Py_ssize_t i0, j0, i, j, i1, j1
     cdef Py_ssize_t nb_min = _n_active(lengths, B, lengths[0] - 1)
-    if T < _TRANSPOSED_MIN_STEPS or not (
-            _use_transposed(nb_min, G, R)
+    if not (_use_transposed(nb_min, G, R)
             or (nb_min == 1 and B > 1 and _use_transposed(2, G, R))):
         return NULL
     cdef floating* wt = <floating*>_alloc(G * R, sizeof(floating))
@@ -568,24 +794,85 @@ cdef floating* _transposed_weights(const floating* w, Py_ssize_t G, Py_ssize_t R
     return wt
 
 
+cdef struct _StepWeights:
+    # what a kernel call prepares once from W_hh for its step products:
+    void* data    # NULL (BLAS on W_hh itself), or
+    bint panels   # float32 panels (fastrnn_pack_panels) if set, else W_hh.T row-major
+
+
+cdef int _forward_weights(_StepWeights* sw, const floating* w, Py_ssize_t G,
+                          Py_ssize_t R, const int64_t* lengths, Py_ssize_t B,
+                          Py_ssize_t T) except -1:
+    """Prepare ``w`` (G, R) for the forward's products ``h @ w.T`` of a call of
+    ``T`` steps: panels of ``w.T`` (float32, when on), else maybe a transposed
+    copy (:func:`_transposed_weights`). ``free(sw.data)`` releases it."""
+    sw.data = NULL
+    sw.panels = False
+    if T < _PREPARED_MIN_STEPS:
+        return 0
+    if floating is float:
+        if _panels_on:
+            sw.data = fastrnn_pack_panels(w, R, G, 1)
+            if sw.data == NULL:
+                raise MemoryError("cannot allocate the packed weights")
+            sw.panels = True
+            return 0
+    sw.data = _transposed_weights(w, G, R, lengths, B)
+    return 0
+
+
+cdef int _backward_weights(_StepWeights* sw, const floating* w, Py_ssize_t G,
+                           Py_ssize_t R, Py_ssize_t T) except -1:
+    """Prepare ``w`` (G, R) for the backward's products ``dg @ w`` of a call of
+    ``T`` steps: panels of ``w`` (float32, when on), else nothing."""
+    sw.data = NULL
+    sw.panels = False
+    if floating is float:
+        if _panels_on and T >= _PREPARED_MIN_STEPS:
+            sw.data = fastrnn_pack_panels(w, G, R, 0)
+            if sw.data == NULL:
+                raise MemoryError("cannot allocate the packed weights")
+            sw.panels = True
+    return 0
+
+
 cdef inline void _step_product(floating* c, const floating* h, const floating* w,
-                               const floating* wt, Py_ssize_t nb, Py_ssize_t G,
+                               const _StepWeights* sw, Py_ssize_t nb, Py_ssize_t G,
                                Py_ssize_t R) noexcept nogil:
     """``c (nb, G) = h (nb, R) @ w.T``, the recurrent product of one step.
 
-    Through ``wt`` (``w.T`` row-major, from :func:`_transposed_weights`) when
-    given and the product is small. Measured inside the forward kernels (T =
-    100, float32, SciPy's OpenBLAS 0.3.30 on AVX-512, the copy included): the
-    'N' form took 0.23 to 0.85 of the time for B in 4..64 and H in 32..128
-    below 2^20 multiply-adds per step, and no less above; a GEMV gained below
-    2^16 weights (0.7 to 0.9) and lost from there (LSTM H=128: 1.06, RNN
-    H=256: 1.16). The backward's ``dg @ w`` is fastest as it is."""
+    On panels when prepared so; else through the transposed copy when given
+    and the product is small. Measured inside the forward kernels (T = 100,
+    float32, SciPy's OpenBLAS 0.3.30 on AVX-512, the copy included): the 'N'
+    form took 0.23 to 0.85 of the time for B in 4..64 and H in 32..128 below
+    2^20 multiply-adds per step, and no less above; a GEMV gained below 2^16
+    weights (0.7 to 0.9) and lost from there (LSTM H=128: 1.06, RNN H=256:
+    1.16). The backward's ``dg @ w`` is fastest as it is."""
     if nb == 0:
         return
-    if wt != NULL and _use_transposed(nb, G, R):
-        _matmul_nn(c, h, wt, nb, G, R, 0)
+    if floating is float:
+        if sw.panels:
+            fastrnn_sgemm_panels(nb, G, R, h, R, <const float*>sw.data, c, G, 0)
+            return
+    if sw.data != NULL and _use_transposed(nb, G, R):
+        _matmul_nn(c, h, <const floating*>sw.data, nb, G, R, 0)
     else:
         _matmul_nt(c, h, w, nb, G, R, 0)
+
+
+cdef inline void _back_product(floating* c, const floating* dg, const floating* w,
+                               const _StepWeights* sw, Py_ssize_t nb, Py_ssize_t R,
+                               Py_ssize_t G, bint accumulate) noexcept nogil:
+    """``c (nb, R) = dg (nb, G) @ w`` (``w`` is (G, R)), plus ``c`` when
+    ``accumulate``: the backward's product of one step, on panels when prepared."""
+    cdef floating beta = 1 if accumulate else 0
+    if nb == 0:
+        return
+    if floating is float:
+        if sw.panels:
+            fastrnn_sgemm_panels(nb, R, G, dg, G, <const float*>sw.data, c, R, accumulate)
+            return
+    _matmul_nn(c, dg, w, nb, R, G, beta)
 
 
 def gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
@@ -687,15 +974,16 @@ def rnn_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
     cdef const floating* gt
     cdef floating a, zero = 0
     cdef floating* buf = <floating*>_alloc(B * H, sizeof(floating))
-    cdef floating* wt = NULL
+    cdef _StepWeights sw
+    sw.data = NULL
     try:
-        wt = _transposed_weights(w_p, H, H, len_p, B, T)
+        _forward_weights(&sw, w_p, H, H, len_p, B, T)
         with nogil:
             for s in range(T):
                 t = T - 1 - s if reverse else s
                 nb = _n_active(len_p, B, t)
                 gt = gx_p + t * B * H
-                _step_product(buf, h_p, w_p, wt, nb, H, H)
+                _step_product(buf, h_p, w_p, &sw, nb, H, H)
                 # the active rows of gx[t], buf and h are one contiguous block
                 if relu:
                     for k in range(nb * H):
@@ -710,7 +998,7 @@ def rnn_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
                 _zero(out_p + (t * B + nb) * H, (B - nb) * H)
     finally:
         free(buf)
-        free(wt)
+        free(sw.data)
 
 
 def rnn_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
@@ -734,26 +1022,32 @@ def rnn_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
     cdef const floating* got
     cdef floating* dat
     cdef floating m, zero = 0, one = 1
-    with nogil:
-        for s in range(T):
-            # the reverse of the forward walk
-            t = s if reverse else T - 1 - s
-            nb = _n_active(len_p, B, t)
-            yt = &out[t, 0, 0]
-            got = &dout[t, 0, 0]
-            dat = &dgx[t, 0, 0]
-            if relu:
-                for k in range(nb * H):
-                    # g * (out > 0); the mask first, or gcc sees control flow
-                    m = <floating>(yt[k] > zero)
-                    dat[k] = (got[k] + dh_p[k]) * m
-            else:
-                for k in range(nb * H):
-                    dat[k] = (got[k] + dh_p[k]) * (one - yt[k] * yt[k])
-            _zero(dat + nb * H, (B - nb) * H)
-            if nb > 0:
-                # dh[:nb] = da @ W_hh (dh[:nb] was consumed above)
-                _matmul_nn(dh_p, dat, w_p, nb, H, H, zero)
+    cdef _StepWeights sw
+    _backward_weights(&sw, w_p, H, H, T)
+    try:
+        with nogil:
+            for s in range(T):
+                # the reverse of the forward walk
+                t = s if reverse else T - 1 - s
+                nb = _n_active(len_p, B, t)
+                yt = &out[t, 0, 0]
+                got = &dout[t, 0, 0]
+                dat = &dgx[t, 0, 0]
+                if relu:
+                    for k in range(nb * H):
+                        # g * (out > 0); the mask first, or gcc sees control flow
+                        m = <floating>(yt[k] > zero)
+                        dat[k] = (got[k] + dh_p[k]) * m
+                else:
+                    for k in range(nb * H):
+                        dat[k] = (got[k] + dh_p[k]) * (one - yt[k] * yt[k])
+                _zero(dat + nb * H, (B - nb) * H)
+                if nb > 0:
+                    # dh[:nb] = da @ W_hh (dh[:nb] was consumed above)
+                    _back_product(dh_p, dat, w_p, &sw, nb, H, H, False)
+    finally:
+        free(sw.data)
+
 
 
 # -------------------------------------------------------------------- LSTM
@@ -813,9 +1107,10 @@ def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
     cdef floating* tcb = NULL     # tanh(c_t)
     cdef floating* hcell = NULL   # o * tanh(c_t) before the projection
     cdef floating* scale = NULL   # 1/2 for the sigmoid gates, 1 for g
-    cdef floating* wt = NULL
+    cdef _StepWeights sw
+    sw.data = NULL
     try:
-        wt = _transposed_weights(w_p, G, R, len_p, B, T)
+        _forward_weights(&sw, w_p, G, R, len_p, B, T)
         tcb = <floating*>_alloc(B * H, sizeof(floating))
         scale = <floating*>_alloc(G, sizeof(floating))
         for k in range(G):
@@ -827,7 +1122,7 @@ def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
                 t = T - 1 - s if reverse else s
                 nb = _n_active(len_p, B, t)
                 outt = &out[t, 0, 0]
-                _step_product(buf, h_p, w_p, wt, nb, G, R)
+                _step_product(buf, h_p, w_p, &sw, nb, G, R)
                 if not has_peep:
                     # tanh arguments of all active rows (a/2 for the sigmoid
                     # gates i, f, o; a for g), then one tanh call over them all:
@@ -893,7 +1188,7 @@ def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
         free(tcb)
         free(hcell)
         free(scale)
-        free(wt)
+        free(sw.data)
 
 
 def lstm_backward(const floating[:, ::1] w_hh, const floating[:, ::1] w_hr,
@@ -958,7 +1253,10 @@ def lstm_backward(const floating[:, ::1] w_hh, const floating[:, ::1] w_hr,
     cdef floating* ghbuf = NULL   # gradient w.r.t. h_cell (before the projection)
     cdef floating* tcb = NULL     # tanh(c_t)
     cdef double* dpacc = NULL     # peephole gradient, accumulated in double
+    cdef _StepWeights sw
+    sw.data = NULL
     try:
+        _backward_weights(&sw, w_p, G, R, T)
         ghbuf = <floating*>_alloc(B * H, sizeof(floating))
         tcb = <floating*>_alloc(B * H, sizeof(floating))
         if has_peep:
@@ -1038,7 +1336,7 @@ def lstm_backward(const floating[:, ::1] w_hh, const floating[:, ::1] w_hr,
                 _zero(&dgx[t, 0, 0] + nb * G, (B - nb) * G)
                 if nb > 0:
                     # dh[:nb] = da @ W_hh (dh[:nb] was consumed above)
-                    _matmul_nn(dh_p, &dgx[t, 0, 0], w_p, nb, R, G, zero)
+                    _back_product(dh_p, &dgx[t, 0, 0], w_p, &sw, nb, R, G, False)
         if has_peep:
             for k in range(3):
                 for j in range(H):
@@ -1047,6 +1345,7 @@ def lstm_backward(const floating[:, ::1] w_hh, const floating[:, ::1] w_hr,
         free(ghbuf)
         free(tcb)
         free(dpacc)
+        free(sw.data)
 
 
 # --------------------------------------------------------------------- GRU
@@ -1085,16 +1384,17 @@ def gru_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
     cdef floating* buf = <floating*>_alloc(B * G, sizeof(floating))
     cdef floating* hnb = NULL   # W_hn h_{t-1} + b_hn
     cdef floating* nbuf = NULL  # the candidate n of the active rows
-    cdef floating* wt = NULL
+    cdef _StepWeights sw
+    sw.data = NULL
     try:
-        wt = _transposed_weights(w_p, G, H, len_p, B, T)
+        _forward_weights(&sw, w_p, G, H, len_p, B, T)
         hnb = <floating*>_alloc(B * H, sizeof(floating))
         nbuf = <floating*>_alloc(B * H, sizeof(floating))
         with nogil:
             for s in range(T):
                 t = T - 1 - s if reverse else s
                 nb = _n_active(len_p, B, t)
-                _step_product(buf, h_p, w_p, wt, nb, G, H)
+                _step_product(buf, h_p, w_p, &sw, nb, G, H)
                 # One tanh call per phase over all active rows (the call, not
                 # the arithmetic, dominates at small H): first r, z (their
                 # arguments halved: sigmoid) over the whole block, the n part
@@ -1136,7 +1436,7 @@ def gru_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
         free(buf)
         free(hnb)
         free(nbuf)
-        free(wt)
+        free(sw.data)
 
 
 def gru_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
@@ -1171,41 +1471,47 @@ def gru_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
     cdef floating* dxr
     cdef floating* drr
     cdef floating r, z, n, g, dan, dar, one = 1
-    with nogil:
-        for s in range(T):
-            t = s if reverse else T - 1 - s
-            nb = _n_active(len_p, B, t)
-            for b in range(nb):
-                gtr = &gates[t, b, 0]
-                # h_{t-1}: h0 at the sample's first step, else the previous output
-                if _first_step(len_p, b, t, reverse):
-                    hpr = &h0[b, 0]
-                elif reverse:
-                    hpr = &out[t + 1, b, 0]
-                else:
-                    hpr = &out[t - 1, b, 0]
-                ghr = &ghn[t, b, 0]
-                gor = &dout[t, b, 0]
-                dhb = dh_p + b * H
-                dxr = &dgx[t, b, 0]
-                drr = &dgh[t, b, 0]
-                for j in range(H):
-                    r = gtr[j]
-                    z = gtr[H + j]
-                    n = gtr[2 * H + j]
-                    g = gor[j] + dhb[j]
-                    dan = g * (one - z) * (one - n * n)
-                    dar = dan * ghr[j] * r * (one - r)
-                    dxr[j] = dar
-                    dxr[H + j] = g * (hpr[j] - n) * z * (one - z)
-                    dxr[2 * H + j] = dan
-                    drr[j] = dar
-                    drr[H + j] = dxr[H + j]
-                    drr[2 * H + j] = dan * r
-                    # the direct path; the recurrent one is added below
-                    dhb[j] = g * z
-            _zero(&dgx[t, 0, 0] + nb * G, (B - nb) * G)
-            _zero(&dgh[t, 0, 0] + nb * G, (B - nb) * G)
-            if nb > 0:
-                # dh[:nb] = g * z + dgh[t, :nb] @ W_hh
-                _matmul_nn(dh_p, &dgh[t, 0, 0], w_p, nb, H, G, one)
+    cdef _StepWeights sw
+    _backward_weights(&sw, w_p, G, H, T)
+    try:
+        with nogil:
+            for s in range(T):
+                t = s if reverse else T - 1 - s
+                nb = _n_active(len_p, B, t)
+                for b in range(nb):
+                    gtr = &gates[t, b, 0]
+                    # h_{t-1}: h0 at the sample's first step, else the previous output
+                    if _first_step(len_p, b, t, reverse):
+                        hpr = &h0[b, 0]
+                    elif reverse:
+                        hpr = &out[t + 1, b, 0]
+                    else:
+                        hpr = &out[t - 1, b, 0]
+                    ghr = &ghn[t, b, 0]
+                    gor = &dout[t, b, 0]
+                    dhb = dh_p + b * H
+                    dxr = &dgx[t, b, 0]
+                    drr = &dgh[t, b, 0]
+                    for j in range(H):
+                        r = gtr[j]
+                        z = gtr[H + j]
+                        n = gtr[2 * H + j]
+                        g = gor[j] + dhb[j]
+                        dan = g * (one - z) * (one - n * n)
+                        dar = dan * ghr[j] * r * (one - r)
+                        dxr[j] = dar
+                        dxr[H + j] = g * (hpr[j] - n) * z * (one - z)
+                        dxr[2 * H + j] = dan
+                        drr[j] = dar
+                        drr[H + j] = dxr[H + j]
+                        drr[2 * H + j] = dan * r
+                        # the direct path; the recurrent one is added below
+                        dhb[j] = g * z
+                _zero(&dgx[t, 0, 0] + nb * G, (B - nb) * G)
+                _zero(&dgh[t, 0, 0] + nb * G, (B - nb) * G)
+                if nb > 0:
+                    # dh[:nb] = g * z + dgh[t, :nb] @ W_hh
+                    _back_product(dh_p, &dgh[t, 0, 0], w_p, &sw, nb, H, G, True)
+    finally:
+        free(sw.data)
+
