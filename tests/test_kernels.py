@@ -155,7 +155,9 @@ def panels(request):
     (100, [12]),                      # one sample: every cell's GEMV through the copy
     (160, [12]),                      # the RNN's GEMV through it, the GRU's and LSTM's not
     (128, [12] + list(range(10, 0, -1)) * 2),  # 21 -> 1 active: plain GEMM, copy,
-])                                                # and (LSTM) plain GEMV at the end
+                                                  # and (LSTM) plain GEMV at the end
+    (260, [12, 5]),   # LSTM: panels for two rows, BLAS's GEMV for one (> 2^18 weights)
+])
 def test_step_product_paths(backend, panels, dtype, cell, H, lengths):
     """Calls of T = 12 >= 8 steps, in which the Cython backend prepares W_hh
     once per call: in float32 packed panels when on (forward and backward;

@@ -756,6 +756,9 @@ cdef enum:
     # ...in calls of at least this many steps, which pay for the copy (or
     # the panels).
     _PREPARED_MIN_STEPS = 8
+    # A single row's product runs on the panels up to this many weights
+    # (1 MiB of float32; see _on_panels).
+    _PANEL_GEMV_MAX_WEIGHTS = 1 << 18
 
 
 cdef inline bint _use_transposed(Py_ssize_t nb, Py_ssize_t G, Py_ssize_t R) noexcept nogil:
@@ -800,6 +803,16 @@ cdef struct _StepWeights:
     bint panels   # float32 panels (fastrnn_pack_panels) if set, else W_hh.T row-major
 
 
+cdef inline bint _on_panels(Py_ssize_t nb, Py_ssize_t G, Py_ssize_t R) noexcept nogil:
+    """Whether a step's product over ``nb`` rows and the (G, R) weights runs on
+    the prepared panels: always for several rows; for one (a GEMV, which reads
+    every weight once) only while the weights fit a core's L2 cache. Beyond
+    that BLAS is as fast on one thread, and on two it splits the weights over
+    both cores' caches (B=1, 4 MiB of weights: 40 us a step on two threads
+    against 143-149 us on one, BLAS or panels alike)."""
+    return nb > 1 or G * R <= _PANEL_GEMV_MAX_WEIGHTS
+
+
 cdef int _forward_weights(_StepWeights* sw, const floating* w, Py_ssize_t G,
                           Py_ssize_t R, const int64_t* lengths, Py_ssize_t B,
                           Py_ssize_t T) except -1:
@@ -811,7 +824,7 @@ cdef int _forward_weights(_StepWeights* sw, const floating* w, Py_ssize_t G,
     if T < _PREPARED_MIN_STEPS:
         return 0
     if floating is float:
-        if _panels_on:
+        if _panels_on and _on_panels(B, G, R):
             sw.data = fastrnn_pack_panels(w, R, G, 1)
             if sw.data == NULL:
                 raise MemoryError("cannot allocate the packed weights")
@@ -822,13 +835,14 @@ cdef int _forward_weights(_StepWeights* sw, const floating* w, Py_ssize_t G,
 
 
 cdef int _backward_weights(_StepWeights* sw, const floating* w, Py_ssize_t G,
-                           Py_ssize_t R, Py_ssize_t T) except -1:
+                           Py_ssize_t R, Py_ssize_t B, Py_ssize_t T) except -1:
     """Prepare ``w`` (G, R) for the backward's products ``dg @ w`` of a call of
-    ``T`` steps: panels of ``w`` (float32, when on), else nothing."""
+    ``T`` steps over ``B`` samples: panels of ``w`` (float32, when on), else
+    nothing."""
     sw.data = NULL
     sw.panels = False
     if floating is float:
-        if _panels_on and T >= _PREPARED_MIN_STEPS:
+        if _panels_on and T >= _PREPARED_MIN_STEPS and _on_panels(B, G, R):
             sw.data = fastrnn_pack_panels(w, G, R, 0)
             if sw.data == NULL:
                 raise MemoryError("cannot allocate the packed weights")
@@ -851,7 +865,7 @@ cdef inline void _step_product(floating* c, const floating* h, const floating* w
     if nb == 0:
         return
     if floating is float:
-        if sw.panels:
+        if sw.panels and _on_panels(nb, G, R):
             fastrnn_sgemm_panels(nb, G, R, h, R, <const float*>sw.data, c, G, 0)
             return
     if sw.data != NULL and _use_transposed(nb, G, R):
@@ -869,7 +883,7 @@ cdef inline void _back_product(floating* c, const floating* dg, const floating* 
     if nb == 0:
         return
     if floating is float:
-        if sw.panels:
+        if sw.panels and _on_panels(nb, G, R):
             fastrnn_sgemm_panels(nb, R, G, dg, G, <const float*>sw.data, c, R, accumulate)
             return
     _matmul_nn(c, dg, w, nb, R, G, beta)
@@ -1023,7 +1037,7 @@ def rnn_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
     cdef floating* dat
     cdef floating m, zero = 0, one = 1
     cdef _StepWeights sw
-    _backward_weights(&sw, w_p, H, H, T)
+    _backward_weights(&sw, w_p, H, H, B, T)
     try:
         with nogil:
             for s in range(T):
@@ -1256,7 +1270,7 @@ def lstm_backward(const floating[:, ::1] w_hh, const floating[:, ::1] w_hr,
     cdef _StepWeights sw
     sw.data = NULL
     try:
-        _backward_weights(&sw, w_p, G, R, T)
+        _backward_weights(&sw, w_p, G, R, B, T)
         ghbuf = <floating*>_alloc(B * H, sizeof(floating))
         tcb = <floating*>_alloc(B * H, sizeof(floating))
         if has_peep:
@@ -1472,7 +1486,7 @@ def gru_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
     cdef floating* drr
     cdef floating r, z, n, g, dan, dar, one = 1
     cdef _StepWeights sw
-    _backward_weights(&sw, w_p, G, H, T)
+    _backward_weights(&sw, w_p, G, H, B, T)
     try:
         with nogil:
             for s in range(T):
