@@ -565,12 +565,34 @@ cdef extern from *:
               : (w <= 16 ? (__mmask16)0 : (__mmask16)((1u << (w - 16)) - 1u));
     }
 
+    /* a panel row's end: v, plus c (acc), plus add, times scale (each when
+       given), stored in the row's valid lanes */
+    FASTRNN_AVX512 __attribute__((always_inline)) static inline void
+    fastrnn_panel_store(__m512 v0, __m512 v1, float* c, int acc, const float* add,
+                        const float* scale, __mmask16 m0, __mmask16 m1) {
+        if (acc) {
+            v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, c));
+            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, c + 16));
+        }
+        if (add) {
+            v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, add));
+            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, add + 16));
+        }
+        if (scale) {
+            v0 = _mm512_mul_ps(v0, _mm512_maskz_loadu_ps(m0, scale));
+            v1 = _mm512_mul_ps(v1, _mm512_maskz_loadu_ps(m1, scale + 16));
+        }
+        _mm512_mask_storeu_ps(c, m0, v0);
+        _mm512_mask_storeu_ps(c + 16, m1, v1);
+    }
+
     /* c (mr, 32) (+)= a (mr, k) @ bp (k, 32), mr <= 8: inlined with mr a
        constant, so the sums stay in registers */
     FASTRNN_AVX512 __attribute__((always_inline)) static inline void
     fastrnn_panel_block(const int mr, ptrdiff_t k, const float* a, ptrdiff_t lda,
                   const float* bp, float* c, ptrdiff_t ldc, __mmask16 m0,
-                  __mmask16 m1, int acc) {
+                  __mmask16 m1, int acc, const float* add, ptrdiff_t ldadd,
+                  const float* scale) {
         __m512 s0[8], s1[8];
         for (int i = 0; i < mr; i++) {
             s0[i] = _mm512_setzero_ps();
@@ -585,20 +607,15 @@ cdef extern from *:
                 s1[i] = _mm512_fmadd_ps(x, b1, s1[i]);
             }
         }
-        for (int i = 0; i < mr; i++) {
-            float* cr = c + i * ldc;
-            if (acc) {
-                s0[i] = _mm512_add_ps(s0[i], _mm512_maskz_loadu_ps(m0, cr));
-                s1[i] = _mm512_add_ps(s1[i], _mm512_maskz_loadu_ps(m1, cr + 16));
-            }
-            _mm512_mask_storeu_ps(cr, m0, s0[i]);
-            _mm512_mask_storeu_ps(cr + 16, m1, s1[i]);
-        }
+        for (int i = 0; i < mr; i++)
+            fastrnn_panel_store(s0[i], s1[i], c + i * ldc, acc,
+                                add ? add + i * ldadd : NULL, scale, m0, m1);
     }
 
-    /* one row: c (n) (+)= a (k) @ bp */
+    /* one row: c (n) (+)= a (k) @ bp, then add and scale */
     FASTRNN_AVX512 static void fastrnn_panel_row(ptrdiff_t n, ptrdiff_t k, const float* a,
-                                           const float* bp, float* c, int acc) {
+                                                 const float* bp, float* c, int acc,
+                                                 const float* add, const float* scale) {
         for (ptrdiff_t j0 = 0; j0 < n; j0 += 32) {
             __mmask16 m0, m1;
             fastrnn_panel_masks(n - j0, &m0, &m1);
@@ -622,26 +639,27 @@ cdef extern from *:
             }
             __m512 v0 = _mm512_add_ps(_mm512_add_ps(s[0], s[2]), _mm512_add_ps(s[4], s[6]));
             __m512 v1 = _mm512_add_ps(_mm512_add_ps(s[1], s[3]), _mm512_add_ps(s[5], s[7]));
-            if (acc) {
-                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, c + j0));
-                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, c + j0 + 16));
-            }
-            _mm512_mask_storeu_ps(c + j0, m0, v0);
-            _mm512_mask_storeu_ps(c + j0 + 16, m1, v1);
+            fastrnn_panel_store(v0, v1, c + j0, acc, add ? add + j0 : NULL,
+                                scale ? scale + j0 : NULL, m0, m1);
         }
     }
 
-    /* c (m, n) = a (m, k) @ B, plus c when acc; bp from fastrnn_pack_panels */
+    /* c (m, n) = (a (m, k) @ B [+ c when acc] [+ add (m, n)]) [* scale (n)],
+       the brackets where given (add rows ldadd apart); bp from
+       fastrnn_pack_panels. The additions come in that order after the sum
+       over k, so the result equals the product stored, then added to. */
     FASTRNN_AVX512 static void fastrnn_sgemm_panels(
             ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdiff_t lda,
-            const float* bp, float* c, ptrdiff_t ldc, int acc) {
+            const float* bp, float* c, ptrdiff_t ldc, int acc, const float* add,
+            ptrdiff_t ldadd, const float* scale) {
         if (m == 1) {
-            fastrnn_panel_row(n, k, a, bp, c, acc);
+            fastrnn_panel_row(n, k, a, bp, c, acc, add, scale);
             return;
         }
         for (ptrdiff_t p0 = 0; p0 < k; p0 += FASTRNN_KC) {
             ptrdiff_t kc = k - p0 < FASTRNN_KC ? k - p0 : FASTRNN_KC;
             int ac = acc || p0 > 0;
+            int last = p0 + kc >= k;  /* add and scale at the end of the sum only */
             for (ptrdiff_t i0 = 0; i0 < m; i0 += FASTRNN_MC) {
                 ptrdiff_t i1 = m - i0 < FASTRNN_MC ? m : i0 + FASTRNN_MC;
                 for (ptrdiff_t j0 = 0; j0 < n; j0 += 32) {
@@ -651,15 +669,17 @@ cdef extern from *:
                     for (ptrdiff_t i = i0; i < i1; i += 8) {
                         const float* ai = a + i * lda + p0;
                         float* ci = c + i * ldc + j0;
+                        const float* ad = last && add ? add + i * ldadd + j0 : NULL;
+                        const float* sc = last && scale ? scale + j0 : NULL;
                         switch (i1 - i < 8 ? i1 - i : 8) {
-                        case 8: fastrnn_panel_block(8, kc, ai, lda, pb, ci, ldc, m0, m1, ac); break;
-                        case 7: fastrnn_panel_block(7, kc, ai, lda, pb, ci, ldc, m0, m1, ac); break;
-                        case 6: fastrnn_panel_block(6, kc, ai, lda, pb, ci, ldc, m0, m1, ac); break;
-                        case 5: fastrnn_panel_block(5, kc, ai, lda, pb, ci, ldc, m0, m1, ac); break;
-                        case 4: fastrnn_panel_block(4, kc, ai, lda, pb, ci, ldc, m0, m1, ac); break;
-                        case 3: fastrnn_panel_block(3, kc, ai, lda, pb, ci, ldc, m0, m1, ac); break;
-                        case 2: fastrnn_panel_block(2, kc, ai, lda, pb, ci, ldc, m0, m1, ac); break;
-                        default: fastrnn_panel_block(1, kc, ai, lda, pb, ci, ldc, m0, m1, ac); break;
+                        case 8: fastrnn_panel_block(8, kc, ai, lda, pb, ci, ldc, m0, m1, ac, ad, ldadd, sc); break;
+                        case 7: fastrnn_panel_block(7, kc, ai, lda, pb, ci, ldc, m0, m1, ac, ad, ldadd, sc); break;
+                        case 6: fastrnn_panel_block(6, kc, ai, lda, pb, ci, ldc, m0, m1, ac, ad, ldadd, sc); break;
+                        case 5: fastrnn_panel_block(5, kc, ai, lda, pb, ci, ldc, m0, m1, ac, ad, ldadd, sc); break;
+                        case 4: fastrnn_panel_block(4, kc, ai, lda, pb, ci, ldc, m0, m1, ac, ad, ldadd, sc); break;
+                        case 3: fastrnn_panel_block(3, kc, ai, lda, pb, ci, ldc, m0, m1, ac, ad, ldadd, sc); break;
+                        case 2: fastrnn_panel_block(2, kc, ai, lda, pb, ci, ldc, m0, m1, ac, ad, ldadd, sc); break;
+                        default: fastrnn_panel_block(1, kc, ai, lda, pb, ci, ldc, m0, m1, ac, ad, ldadd, sc); break;
                         }
                     }
                 }
@@ -712,7 +732,8 @@ cdef extern from *:
     static int fastrnn_panels_cpu(void) { return 0; }
     static void fastrnn_sgemm_panels(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                                      const float* a, ptrdiff_t lda, const float* bp,
-                                     float* c, ptrdiff_t ldc, int acc) { abort(); }
+                                     float* c, ptrdiff_t ldc, int acc, const float* add,
+                                     ptrdiff_t ldadd, const float* scale) { abort(); }
     static float* fastrnn_pack_panels(const float* w, ptrdiff_t k, ptrdiff_t n,
                                       int transposed) { abort(); }
     #endif
@@ -723,7 +744,8 @@ cdef extern from *:
     int fastrnn_panels_cpu() nogil
     void fastrnn_sgemm_panels(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a,
                               Py_ssize_t lda, const float* bp, float* c, Py_ssize_t ldc,
-                              int acc) nogil
+                              int acc, const float* add, Py_ssize_t ldadd,
+                              const float* scale) nogil
     float* fastrnn_pack_panels(const float* w, Py_ssize_t k, Py_ssize_t n,
                                int transposed) nogil
 
@@ -765,7 +787,7 @@ def panel_matmul(const float[:, ::1] a, const float[:, ::1] w, bint transposed,
     if bp == NULL:
         raise MemoryError("cannot allocate the packed weights")
     with nogil:
-        fastrnn_sgemm_panels(m, n, k, &a[0, 0], k, bp, &out[0, 0], n, acc)
+        fastrnn_sgemm_panels(m, n, k, &a[0, 0], k, bp, &out[0, 0], n, acc, NULL, 0, NULL)
     free(bp)
     return np.asarray(out)
 
@@ -873,10 +895,13 @@ cdef int _backward_weights(_StepWeights* sw, const floating* w, Py_ssize_t G,
     return 0
 
 
-cdef inline void _step_product(floating* c, const floating* h, const floating* w,
+cdef inline bint _step_product(floating* c, const floating* h, const floating* w,
                                const _StepWeights* sw, Py_ssize_t nb, Py_ssize_t G,
-                               Py_ssize_t R) noexcept nogil:
-    """``c (nb, G) = h (nb, R) @ w.T``, the recurrent product of one step.
+                               Py_ssize_t R, const floating* add,
+                               const floating* scale) noexcept nogil:
+    """``c (nb, G) = h (nb, R) @ w.T``, the recurrent product of one step; on the
+    panels, and then also ``(c + add) * scale`` (``add`` (nb, G), ``scale`` (G,),
+    either NULL), returning True; else False, and the caller adds and scales.
 
     On panels when prepared so; else through the transposed copy when given
     and the product is small. Measured inside the forward kernels (T = 100,
@@ -886,15 +911,17 @@ cdef inline void _step_product(floating* c, const floating* h, const floating* w
     weights (0.7 to 0.9) and lost from there (LSTM H=128: 1.06, RNN H=256:
     1.16). The backward's ``dg @ w`` is fastest as it is."""
     if nb == 0:
-        return
+        return True
     if floating is float:
         if sw.panels and _on_panels(nb, G, R):
-            fastrnn_sgemm_panels(nb, G, R, h, R, <const float*>sw.data, c, G, 0)
-            return
+            fastrnn_sgemm_panels(nb, G, R, h, R, <const float*>sw.data, c, G, 0,
+                                 add, G, scale)
+            return True
     if sw.data != NULL and _use_transposed(nb, G, R):
         _matmul_nn(c, h, <const floating*>sw.data, nb, G, R, 0)
     else:
         _matmul_nt(c, h, w, nb, G, R, 0)
+    return False
 
 
 cdef inline void _back_product(floating* c, const floating* dg, const floating* w,
@@ -907,7 +934,8 @@ cdef inline void _back_product(floating* c, const floating* dg, const floating* 
         return
     if floating is float:
         if sw.panels and _on_panels(nb, G, R):
-            fastrnn_sgemm_panels(nb, R, G, dg, G, <const float*>sw.data, c, R, accumulate)
+            fastrnn_sgemm_panels(nb, R, G, dg, G, <const float*>sw.data, c, R, accumulate,
+                                 NULL, 0, NULL)
             return
     _matmul_nn(c, dg, w, nb, R, G, beta)
 
@@ -1020,17 +1048,18 @@ def rnn_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
                 t = T - 1 - s if reverse else s
                 nb = _n_active(len_p, B, t)
                 gt = gx_p + t * B * H
-                _step_product(buf, h_p, w_p, &sw, nb, H, H)
-                # the active rows of gx[t], buf and h are one contiguous block
+                # buf = gx[t] + h @ W_hh.T (the active rows of gx[t], buf and
+                # h are one contiguous block)
+                if not _step_product(buf, h_p, w_p, &sw, nb, H, H, gt, NULL):
+                    for k in range(nb * H):
+                        buf[k] = gt[k] + buf[k]
                 if relu:
                     for k in range(nb * H):
-                        a = gt[k] + buf[k]
+                        a = buf[k]
                         # np.maximum(a, 0): keeps a NaN, like the reference
                         h_p[k] = zero if a < zero else a
                 else:
-                    for k in range(nb * H):
-                        h_p[k] = gt[k] + buf[k]
-                    _vtanh(h_p, h_p, nb * H)
+                    _vtanh(buf, h_p, nb * H)
                 _copy(out_p + t * B * H, h_p, nb * H)
                 _zero(out_p + (t * B + nb) * H, (B - nb) * H)
     finally:
@@ -1141,6 +1170,7 @@ def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
     # per active row: the recurrent product, turned in place into the
     # pre-activations, their tanh, and finally the gates (i, f, g, o)
     cdef floating* buf = <floating*>_alloc(B * G, sizeof(floating))
+    cdef floating* gb             # this step's gates: buf, or gates[t] when training
     cdef floating* tcb = NULL     # tanh(c_t)
     cdef floating* hcell = NULL   # o * tanh(c_t) before the projection
     cdef floating* scale = NULL   # 1/2 for the sigmoid gates, 1 for g
@@ -1159,19 +1189,24 @@ def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
                 t = T - 1 - s if reverse else s
                 nb = _n_active(len_p, B, t)
                 outt = &out[t, 0, 0]
-                _step_product(buf, h_p, w_p, &sw, nb, G, R)
-                if not has_peep:
+                # the step's gates are worked out in place: in the training
+                # cache itself when there is one
+                gb = &gates[t, 0, 0] if training else buf
+                gr = &gx[t, 0, 0]
+                if has_peep:
+                    _step_product(gb, h_p, w_p, &sw, nb, G, R, NULL, NULL)
+                else:
                     # tanh arguments of all active rows (a/2 for the sigmoid
                     # gates i, f, o; a for g), then one tanh call over them all:
-                    # the rows of gx[t] and buf are one contiguous block
-                    gr = &gx[t, 0, 0]
-                    for b in range(nb):
-                        for k in range(G):
-                            buf[b * G + k] = scale[k] * (gr[b * G + k] + buf[b * G + k])
-                    _vtanh(buf, buf, nb * G)
+                    # the rows of gx[t] and gb are one contiguous block
+                    if not _step_product(gb, h_p, w_p, &sw, nb, G, R, gr, scale):
+                        for b in range(nb):
+                            for k in range(G):
+                                gb[b * G + k] = scale[k] * (gr[b * G + k] + gb[b * G + k])
+                    _vtanh(gb, gb, nb * G)
                 for b in range(nb):
                     gr = &gx[t, b, 0]
-                    ar = buf + b * G
+                    ar = gb + b * G
                     cr = c_p + b * H
                     if has_peep:
                         for k in range(G):
@@ -1197,7 +1232,7 @@ def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
                 _vtanh(c_p, tcb, nb * H)
                 for b in range(nb):
                     # o and the cell output
-                    ar = buf + b * G
+                    ar = gb + b * G
                     tr = tcb + b * H
                     hr = hcell + b * H if has_proj else h_p + b * H
                     for j in range(H):
@@ -1216,7 +1251,6 @@ def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
                     _copy(outt, h_p, nb * R)
                 _zero(outt + nb * R, (B - nb) * R)
                 if training:
-                    _copy(&gates[t, 0, 0], buf, nb * G)
                     _zero(&gates[t, 0, 0] + nb * G, (B - nb) * G)
                     _copy(&cs[t, 0, 0], c_p, nb * H)
                     _zero(&cs[t, 0, 0] + nb * H, (B - nb) * H)
@@ -1431,7 +1465,7 @@ def gru_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
             for s in range(T):
                 t = T - 1 - s if reverse else s
                 nb = _n_active(len_p, B, t)
-                _step_product(buf, h_p, w_p, &sw, nb, G, H)
+                _step_product(buf, h_p, w_p, &sw, nb, G, H, NULL, NULL)
                 # One tanh call per phase over all active rows (the call, not
                 # the arithmetic, dominates at small H): first r, z (their
                 # arguments halved: sigmoid) over the whole block, the n part
