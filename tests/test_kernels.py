@@ -224,11 +224,37 @@ def test_panel_matmul(transposed, m, k, n):
     np.testing.assert_array_equal(flat[m * n:], tail)
 
 
+@pytest.mark.parametrize("m,k,n", [(1, 128, 512), (5, 7, 20), (32, 128, 512),
+                                   (9, 300, 40)])
+def test_panel_matmul_epilogue(m, k, n):
+    """``(a @ w.T + add) * scale``, as the LSTM and RNN forwards ask for their
+    tanh arguments: equal to the product stored, then added to and scaled
+    (the same float32 operations in the same order)."""
+    kern = _panels_or_skip()
+    rng = np.random.default_rng(7 * m + k + n)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    add = rng.standard_normal((m, n)).astype(np.float32)
+    scale = rng.choice(np.array([0.5, 1.0, -3.0], np.float32), n)
+    prod = kern.panel_matmul(a, w, True)
+    got = kern.panel_matmul(a, w, True, add=add, scale=scale)
+    np.testing.assert_array_equal(got, (prod + add) * scale)
+    np.testing.assert_array_equal(kern.panel_matmul(a, w, True, add=add), prod + add)
+    np.testing.assert_array_equal(kern.panel_matmul(a, w, True, scale=scale),
+                                  prod * scale)
+
+
 def test_panel_matmul_rejects_bad_shapes():
     kern = _panels_or_skip()
     a = np.ones((3, 4), np.float32)
     with pytest.raises(ValueError, match="panel_matmul"):
         kern.panel_matmul(a, np.ones((5, 3), np.float32), True)
+    with pytest.raises(ValueError, match="add"):
+        kern.panel_matmul(a, np.ones((5, 4), np.float32), True,
+                          add=np.ones((3, 4), np.float32))
+    with pytest.raises(ValueError, match="scale"):
+        kern.panel_matmul(a, np.ones((5, 4), np.float32), True,
+                          scale=np.ones(4, np.float32))
     with pytest.raises(ValueError, match="out"):
         kern.panel_matmul(a, np.ones((5, 4), np.float32), True,
                           out=np.ones((3, 4), np.float32))

@@ -767,10 +767,12 @@ def set_panel_products(bint on):
 
 
 def panel_matmul(const float[:, ::1] a, const float[:, ::1] w, bint transposed,
-                 float[:, ::1] out=None):
+                 float[:, ::1] out=None, const float[:, ::1] add=None,
+                 const float[::1] scale=None):
     """``a @ w.T`` (``transposed``) or ``a @ w`` through the panel product, for
     tests: one packing, one product, added to ``out`` when given (else into a
-    new array). Needs :data:`PANELS_AVAILABLE`."""
+    new array), then plus ``add`` (same shape as the result) and times
+    ``scale`` (one entry per column) when given. Needs :data:`PANELS_AVAILABLE`."""
     if not PANELS_AVAILABLE:
         raise RuntimeError("panel products need float32 AVX-512 and gcc or clang")
     cdef Py_ssize_t m = a.shape[0], k = a.shape[1]
@@ -783,11 +785,18 @@ def panel_matmul(const float[:, ::1] a, const float[:, ::1] w, bint transposed,
         _expect("out", out.shape, 2, m, n)
     else:
         out = np.empty((m, n), np.float32)
+    if add is not None:
+        _expect("add", add.shape, 2, m, n)
+    if scale is not None:
+        _expect("scale", scale.shape, 1, n)
+    cdef const float* add_p = &add[0, 0] if add is not None else NULL
+    cdef const float* scale_p = &scale[0] if scale is not None else NULL
     cdef float* bp = fastrnn_pack_panels(&w[0, 0], k, n, transposed)
     if bp == NULL:
         raise MemoryError("cannot allocate the packed weights")
     with nogil:
-        fastrnn_sgemm_panels(m, n, k, &a[0, 0], k, bp, &out[0, 0], n, acc, NULL, 0, NULL)
+        fastrnn_sgemm_panels(m, n, k, &a[0, 0], k, bp, &out[0, 0], n, acc, add_p, n,
+                             scale_p)
     free(bp)
     return np.asarray(out)
 
@@ -1453,6 +1462,7 @@ def gru_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
     cdef floating r, z, zero = 0, one = 1, half = 0.5
     # per active row: W_hh h_{t-1}, turned in place into the gates (r, z, n)
     cdef floating* buf = <floating*>_alloc(B * G, sizeof(floating))
+    cdef floating* gb             # this step's gates: buf, or gates[t] when training
     cdef floating* hnb = NULL   # W_hn h_{t-1} + b_hn
     cdef floating* nbuf = NULL  # the candidate n of the active rows
     cdef _StepWeights sw
@@ -1465,23 +1475,26 @@ def gru_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
             for s in range(T):
                 t = T - 1 - s if reverse else s
                 nb = _n_active(len_p, B, t)
-                _step_product(buf, h_p, w_p, &sw, nb, G, H, NULL, NULL)
+                # the step's gates are worked out in place: in the training
+                # cache itself when there is one
+                gb = &gates[t, 0, 0] if training else buf
+                _step_product(gb, h_p, w_p, &sw, nb, G, H, NULL, NULL)
                 # One tanh call per phase over all active rows (the call, not
                 # the arithmetic, dominates at small H): first r, z (their
                 # arguments halved: sigmoid) over the whole block, the n part
                 # of which is junk, overwritten below; then n, gathered in nbuf.
                 for b in range(nb):
                     gr = &gx[t, b, 0]
-                    ar = buf + b * G
+                    ar = gb + b * G
                     hnr = hnb + b * H
                     for k in range(2 * H):
                         ar[k] = half * (gr[k] + ar[k])
                     for j in range(H):
                         hnr[j] = ar[2 * H + j] + bn_p[j]
-                _vtanh(buf, buf, nb * G)
+                _vtanh(gb, gb, nb * G)
                 for b in range(nb):
                     gr = &gx[t, b, 0]
-                    ar = buf + b * G
+                    ar = gb + b * G
                     hnr = hnb + b * H
                     for j in range(H):
                         r = half * ar[j] + half
@@ -1490,7 +1503,7 @@ def gru_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
                         nbuf[b * H + j] = gr[2 * H + j] + r * hnr[j]
                 _vtanh(nbuf, nbuf, nb * H)
                 for b in range(nb):
-                    ar = buf + b * G
+                    ar = gb + b * G
                     hr = h_p + b * H
                     for j in range(H):
                         z = ar[H + j]
@@ -1499,7 +1512,6 @@ def gru_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
                 _copy(&out[t, 0, 0], h_p, nb * H)
                 _zero(&out[t, 0, 0] + nb * H, (B - nb) * H)
                 if training:
-                    _copy(&gates[t, 0, 0], buf, nb * G)
                     _zero(&gates[t, 0, 0] + nb * G, (B - nb) * G)
                     _copy(&ghn[t, 0, 0], hnb, nb * H)
                     _zero(&ghn[t, 0, 0] + nb * H, (B - nb) * H)
