@@ -5,6 +5,7 @@ The reference itself is checked against finite differences and PyTorch in
 rounding) on every cell, direction, length pattern and dtype.
 """
 
+import os
 import zlib
 
 import numpy as np
@@ -222,6 +223,21 @@ def test_panel_matmul(transposed, m, k, n):
     assert np.all(np.abs(out - (want + base))
                   <= bound + 2.0 ** -24 * (np.abs(want + base) + np.abs(base)))
     np.testing.assert_array_equal(flat[m * n:], tail)
+
+
+def test_panels_can_be_turned_off_from_the_environment():
+    """FASTRNN_PANELS=0 (read at import) keeps every product on BLAS."""
+    import subprocess
+    import sys
+
+    _panels_or_skip()
+    code = ("from fastrnn._kernels import _cython_kernels as k; "
+            "print(k.set_panel_products(True), k.set_panel_products(True))")
+    for value, want in [("0", "False True"), ("1", "True True"), ("", "True True")]:
+        env = dict(os.environ, FASTRNN_PANELS=value)
+        got = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                             capture_output=True, text=True).stdout.strip()
+        assert got == want, (value, got)
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 128, 512), (5, 7, 20), (32, 128, 512),

@@ -38,6 +38,8 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
 
+import os
+
 import numpy as np
 
 cnp.import_array()
@@ -753,13 +755,15 @@ cdef extern from *:
 #: Whether this build and CPU can run the step products on packed panels
 #: (float32, x86-64 with AVX-512, gcc or clang).
 PANELS_AVAILABLE = bool(FASTRNN_HAS_PANELS and fastrnn_panels_cpu())
-cdef bint _panels_on = PANELS_AVAILABLE
+# on where available, unless the environment says FASTRNN_PANELS=0
+cdef bint _panels_on = PANELS_AVAILABLE and os.environ.get("FASTRNN_PANELS", "1").strip() != "0"
 
 
 def set_panel_products(bint on):
     """Run float32 step products on packed panels (when :data:`PANELS_AVAILABLE`)
     or through BLAS; returns the previous setting. For tests and measurements:
-    the kernels read it once per call."""
+    the kernels read it once per call. ``FASTRNN_PANELS=0`` in the environment
+    turns them off from the start."""
     global _panels_on
     cdef bint was = _panels_on
     _panels_on = on and PANELS_AVAILABLE
