@@ -876,7 +876,10 @@ cdef int _forward_weights(_StepWeights* sw, const floating* w, Py_ssize_t G,
                           Py_ssize_t T) except -1:
     """Prepare ``w`` (G, R) for the forward's products ``h @ w.T`` of a call of
     ``T`` steps: panels of ``w.T`` (float32, when on), else maybe a transposed
-    copy (:func:`_transposed_weights`). ``free(sw.data)`` releases it."""
+    copy (:func:`_transposed_weights`). ``free(sw.data)`` releases it. As with
+    the copy, the choice depends on the call's length, so in float32 a
+    sequence run in blocks of steps can differ in the last bit from one call
+    over it."""
     sw.data = NULL
     sw.panels = False
     if T < _PREPARED_MIN_STEPS:
