@@ -19,7 +19,10 @@ same six functions with the same argument order::
 Shapes (``T`` steps, ``B`` samples, ``H`` hidden units, ``G`` gates: 1 RNN,
 4 LSTM, 3 GRU, ``R`` the size of ``h``: ``H``, or ``P`` for an LSTM with a
 projection). All arrays are C-contiguous and of one floating dtype (float32
-or float64), except ``lengths`` (int64) and the two flags.
+or float64), except ``lengths`` (int64) and the two flags. The arrays a
+kernel writes must not overlap any other argument: backends may use them as
+work space during a step (the Cython forwards work each step's gates out in
+``gates`` itself).
 
 ``gx``    (T, B, G*H)  input pre-activations ``x @ W_ih.T + b_ih + b_hh``; for
                        the GRU only ``b_hh``'s r and z parts are folded in,

@@ -538,16 +538,22 @@ cdef extern from *:
 
        A block of up to 8 rows by one panel keeps its 16 sums in registers
        over the whole k loop (in chunks of FASTRNN_KC, whose panel slice stays
-       in L1): two loads and eight broadcasts per 16 fused multiply-adds. Each
-       output is the sum over k in order, whatever m; one row alone (a GEMV)
-       reads the panel with 8 independent sums instead, to run at L2 speed. */
+       in L1): two loads and eight broadcasts per 16 fused multiply-adds; k
+       is at least 1. One row alone (a GEMV) reads the panel with 8
+       independent sums instead, to run at L2 speed, so a sample alone can
+       differ in the last bits from the same sample in a batch (as BLAS's
+       GEMV and GEMM do). */
     #include <stddef.h>
     #include <stdlib.h>
     /* floats of the panels of a (k, n) operand */
     static size_t fastrnn_panels_size(ptrdiff_t k, ptrdiff_t n) {
         return (size_t)((n + 31) / 32) * 32 * (size_t)k;
     }
-    #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(_WIN32)
+    /* gcc 6 or clang 6 and later, for the AVX-512 target attribute and intrinsics
+       (clang also says __GNUC__ 4) */
+    #if defined(__x86_64__) && !defined(_WIN32) \
+        && ((defined(__clang__) && __clang_major__ >= 6) \
+            || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 6))
     #define FASTRNN_HAS_PANELS 1
     #include <immintrin.h>
     #define FASTRNN_KC 256
@@ -717,14 +723,16 @@ cdef extern from *:
 
     /* 64-byte aligned panels of B (k, n): B = w.T for w (n, k) when
        transposed, else B = w (k, n); both C-contiguous. NULL if out of memory
-       (or k too large for the gather's 32-bit offsets). free() releases them.
+       (or, transposed, k too large for the gather's 32-bit offsets): the
+       kernels then keep BLAS. free() releases them.
        A transposed panel row gathers one column of 32 rows of w (the plain
        scalar loop took 44 us for 512 x 128, 16% of an S1 LSTM call). */
     static float* fastrnn_pack_panels(const float* w, ptrdiff_t k, ptrdiff_t n,
                                       int transposed) {
         void* mem = NULL;
         size_t size = fastrnn_panels_size(k, n) * sizeof(float);
-        if (k > 0x7FFFFFF || posix_memalign(&mem, 64, size > 0 ? size : 64) != 0)
+        if ((transposed && k > 0x7FFFFFF)
+                || posix_memalign(&mem, 64, size > 0 ? size : 64) != 0)
             return NULL;
         fastrnn_pack_avx512(w, k, n, transposed, (float*)mem);
         return (float*)mem;
@@ -887,10 +895,9 @@ cdef int _forward_weights(_StepWeights* sw, const floating* w, Py_ssize_t G,
     if floating is float:
         if _panels_on and _on_panels(B, G, R):
             sw.data = fastrnn_pack_panels(w, R, G, 1)
-            if sw.data == NULL:
-                raise MemoryError("cannot allocate the packed weights")
-            sw.panels = True
-            return 0
+            if sw.data != NULL:  # else BLAS, as without panels
+                sw.panels = True
+                return 0
     sw.data = _transposed_weights(w, G, R, lengths, B)
     return 0
 
@@ -905,9 +912,7 @@ cdef int _backward_weights(_StepWeights* sw, const floating* w, Py_ssize_t G,
     if floating is float:
         if _panels_on and T >= _PREPARED_MIN_STEPS and _on_panels(B, G, R):
             sw.data = fastrnn_pack_panels(w, G, R, 0)
-            if sw.data == NULL:
-                raise MemoryError("cannot allocate the packed weights")
-            sw.panels = True
+            sw.panels = sw.data != NULL  # else BLAS, as without panels
     return 0
 
 
@@ -933,7 +938,7 @@ cdef inline bint _step_product(floating* c, const floating* h, const floating* w
             fastrnn_sgemm_panels(nb, G, R, h, R, <const float*>sw.data, c, G, 0,
                                  add, G, scale)
             return True
-    if sw.data != NULL and _use_transposed(nb, G, R):
+    if sw.data != NULL and not sw.panels and _use_transposed(nb, G, R):
         _matmul_nn(c, h, <const floating*>sw.data, nb, G, R, 0)
     else:
         _matmul_nt(c, h, w, nb, G, R, 0)
