@@ -310,6 +310,12 @@ def _environment():
     from . import _kernels
 
     info["backends"] = _kernels.available_backends()
+    try:  # whether the Cython kernels' float32 step products run on panels
+        from ._kernels import _cython_kernels
+    except ImportError:
+        pass
+    else:
+        info["panels"] = _cython_kernels.panel_products()
     return info
 
 

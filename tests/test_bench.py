@@ -35,3 +35,17 @@ def test_peers_agree_with_fastrnn(sid, cell):
 def test_wrong_peer_result_is_refused():
     with pytest.raises(AssertionError, match="differs"):
         bench._check_same(np.ones(4), np.ones(4) * 1.01, "peer")
+
+
+def test_environment_says_whether_panels_ran():
+    """The bench's header (and --json) records the panel setting of the run."""
+    kern = pytest.importorskip(
+        "fastrnn._kernels._cython_kernels",
+        reason="SKIPPED LOUDLY: the Cython extension is not built")
+    was = kern.set_panel_products(False)
+    try:
+        assert bench._environment()["panels"] is False
+        kern.set_panel_products(True)
+        assert bench._environment()["panels"] is kern.PANELS_AVAILABLE
+    finally:
+        kern.set_panel_products(was)

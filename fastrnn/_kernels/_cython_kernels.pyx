@@ -778,6 +778,11 @@ def set_panel_products(bint on):
     return was
 
 
+def panel_products():
+    """Whether the float32 step products run on packed panels now."""
+    return bool(_panels_on)
+
+
 def panel_matmul(const float[:, ::1] a, const float[:, ::1] w, bint transposed,
                  float[:, ::1] out=None, const float[:, ::1] add=None,
                  const float[::1] scale=None):
