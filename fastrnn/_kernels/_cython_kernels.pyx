@@ -884,6 +884,23 @@ cdef inline bint _on_panels(Py_ssize_t nb, Py_ssize_t G, Py_ssize_t R) noexcept 
     return nb > 1 or G * R <= _PANEL_GEMV_MAX_WEIGHTS
 
 
+cdef bint _panel_weights(_StepWeights* sw, const floating* w, Py_ssize_t G,
+                         Py_ssize_t R, Py_ssize_t B, bint transposed) noexcept:
+    """Pack ``w`` (G, R) into ``sw`` as panels of ``w.T`` (``transposed``, for
+    the forward) or of ``w`` when the panels are on, the dtype float32 and some
+    step over up to ``B`` rows would use them; whether it did (a failed packing
+    leaves BLAS, as without panels)."""
+    if floating is float:
+        if _panels_on and _on_panels(B, G, R):
+            if transposed:
+                sw.data = fastrnn_pack_panels(w, R, G, 1)
+            else:
+                sw.data = fastrnn_pack_panels(w, G, R, 0)
+            sw.panels = sw.data != NULL
+            return sw.panels
+    return False
+
+
 cdef int _forward_weights(_StepWeights* sw, const floating* w, Py_ssize_t G,
                           Py_ssize_t R, const int64_t* lengths, Py_ssize_t B,
                           Py_ssize_t T) except -1:
@@ -897,13 +914,8 @@ cdef int _forward_weights(_StepWeights* sw, const floating* w, Py_ssize_t G,
     sw.panels = False
     if T < _PREPARED_MIN_STEPS:
         return 0
-    if floating is float:
-        if _panels_on and _on_panels(B, G, R):
-            sw.data = fastrnn_pack_panels(w, R, G, 1)
-            if sw.data != NULL:  # else BLAS, as without panels
-                sw.panels = True
-                return 0
-    sw.data = _transposed_weights(w, G, R, lengths, B)
+    if not _panel_weights(sw, w, G, R, B, True):
+        sw.data = _transposed_weights(w, G, R, lengths, B)
     return 0
 
 
@@ -914,10 +926,8 @@ cdef int _backward_weights(_StepWeights* sw, const floating* w, Py_ssize_t G,
     nothing."""
     sw.data = NULL
     sw.panels = False
-    if floating is float:
-        if _panels_on and T >= _PREPARED_MIN_STEPS and _on_panels(B, G, R):
-            sw.data = fastrnn_pack_panels(w, G, R, 0)
-            sw.panels = sw.data != NULL  # else BLAS, as without panels
+    if T >= _PREPARED_MIN_STEPS:
+        _panel_weights(sw, w, G, R, B, False)
     return 0
 
 
@@ -935,7 +945,7 @@ cdef inline bint _step_product(floating* c, const floating* h, const floating* w
     form took 0.23 to 0.85 of the time for B in 4..64 and H in 32..128 below
     2^20 multiply-adds per step, and no less above; a GEMV gained below 2^16
     weights (0.7 to 0.9) and lost from there (LSTM H=128: 1.06, RNN H=256:
-    1.16). The backward's ``dg @ w`` is fastest as it is."""
+    1.16). The backward's ``dg @ w`` through BLAS is fastest as it is."""
     if nb == 0:
         return True
     if floating is float:
@@ -1194,8 +1204,9 @@ def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
     cdef floating* outt
     cdef floating i, f, o, cp, zero = 0, one = 1, half = 0.5
     # per active row: the recurrent product, turned in place into the
-    # pre-activations, their tanh, and finally the gates (i, f, g, o)
-    cdef floating* buf = <floating*>_alloc(B * G, sizeof(floating))
+    # pre-activations, their tanh, and finally the gates (i, f, g, o); in
+    # training gates[t] itself serves
+    cdef floating* buf = NULL if training else <floating*>_alloc(B * G, sizeof(floating))
     cdef floating* gb             # this step's gates: buf, or gates[t] when training
     cdef floating* tcb = NULL     # tanh(c_t)
     cdef floating* hcell = NULL   # o * tanh(c_t) before the projection
@@ -1477,8 +1488,9 @@ def gru_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
     cdef floating* hr
     cdef floating* hnr
     cdef floating r, z, zero = 0, one = 1, half = 0.5
-    # per active row: W_hh h_{t-1}, turned in place into the gates (r, z, n)
-    cdef floating* buf = <floating*>_alloc(B * G, sizeof(floating))
+    # per active row: W_hh h_{t-1}, turned in place into the gates (r, z, n);
+    # in training gates[t] itself serves
+    cdef floating* buf = NULL if training else <floating*>_alloc(B * G, sizeof(floating))
     cdef floating* gb             # this step's gates: buf, or gates[t] when training
     cdef floating* hnb = NULL   # W_hn h_{t-1} + b_hn
     cdef floating* nbuf = NULL  # the candidate n of the active rows
