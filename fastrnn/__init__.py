@@ -1,6 +1,8 @@
 """fastrnn: fast recurrent neural networks on the CPU.
 
-Layers with PyTorch's interface live in :mod:`fastrnn.nn`; the kernel backend
+Layers with PyTorch's interface live in :mod:`fastrnn.nn`; a saved model
+predicts without scikit-learn through :func:`load_predictor`
+(:mod:`fastrnn.serving`); the kernel backend
 used by ``backend='auto'`` is set with :func:`set_backend` or the environment
 variable ``FASTRNN_BACKEND``.
 """
@@ -75,6 +77,14 @@ def load(path):
     return load_model(path)
 
 
+def load_predictor(path):
+    """Load a saved model for prediction only, without scikit-learn: see
+    :func:`fastrnn.serving.load_predictor`."""
+    from .serving import load_predictor
+
+    return load_predictor(path)
+
+
 __all__ = [
     "InconsistentVersionWarning",
     "ModelFileError",
@@ -85,6 +95,7 @@ __all__ = [
     "available_backends",
     "get_backend",
     "load",
+    "load_predictor",
     "set_backend",
     "__version__",
 ]

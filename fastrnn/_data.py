@@ -22,12 +22,14 @@ a 2-D array it is the number of columns (the sequence length), and later 2-D
 input must have as many. After a fit on 3-D or list input it is the number of
 features per time step. ``n_features_per_step_`` is always the latter, the input
 size of the network.
+
+scikit-learn's checks are imported only where they are needed: a service
+predicting on float ndarrays (or lists of them) never imports scikit-learn.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.utils.validation import _check_feature_names, check_array, validate_data
 
 from ._validation import as_float_array, check_finite
 
@@ -108,14 +110,14 @@ def validate_sequences(estimator, X, *, reset, dtype):
     does, once, before the cast to ``dtype``.
     """
     name = type(estimator).__name__
-    if not reset and type(X) is np.ndarray:
-        fast = _fast_array_path(estimator, X, dtype)
-        if fast is not None:
-            return fast
     if _is_sequence_list(X):
         regular = _as_regular_array(X)
         if regular is not None:
             X = regular
+    if not reset and type(X) is np.ndarray:
+        fast = _fast_array_path(estimator, X, dtype)
+        if fast is not None:
+            return fast
     if _is_sequence_list(X):
         seqs = _from_list(X, dtype)
         n_in = seqs.n_features
@@ -123,14 +125,28 @@ def validate_sequences(estimator, X, *, reset, dtype):
     else:
         _reject_strings(X, "X")
         ndim = getattr(X, "ndim", None)
+        from sklearn.utils.validation import check_array
+
         if ndim is None:
             X = check_array(X, allow_nd=True, ensure_2d=False, dtype=FLOAT_DTYPES,
                             input_name="X", ensure_all_finite=False)
             ndim = X.ndim
         if ndim == 2:
-            if reset or getattr(estimator, "_fit_2d", False):
-                arr = validate_data(estimator, X, reset=reset, dtype=FLOAT_DTYPES,
+            if reset:
+                from sklearn.utils.validation import validate_data
+
+                arr = validate_data(estimator, X, reset=True, dtype=FLOAT_DTYPES,
                                     ensure_all_finite=False)
+            elif getattr(estimator, "_fit_2d", False):
+                # validate_data's checks without its estimator tags, so that a
+                # predictor of fastrnn.serving (not a scikit-learn estimator)
+                # checks the same
+                from sklearn.utils.validation import _check_feature_names, _check_n_features
+
+                _check_feature_names(estimator, X, reset=False)
+                arr = check_array(X, dtype=FLOAT_DTYPES, input_name="X",
+                                  ensure_all_finite=False)
+                _check_n_features(estimator, arr, reset=False)
             else:
                 arr = check_array(X, dtype=FLOAT_DTYPES, input_name="X",
                                   ensure_all_finite=False)
@@ -166,6 +182,8 @@ def validate_sequences(estimator, X, *, reset, dtype):
 
     if reset:
         if not seqs.fmt == "array2d":
+            from sklearn.utils.validation import _check_feature_names
+
             _check_feature_names(estimator, seqs.data[0], reset=True)  # drop old names
         estimator.n_features_in_ = n_in
         estimator.n_features_per_step_ = seqs.n_features
@@ -242,8 +260,14 @@ def _from_list(X, dtype):
             raise TypeError(f"X[{i}] is a sparse matrix; sequences must be dense arrays "
                             "(use .toarray()).")
         _reject_strings(seq, f"X[{i}]")
-        a = check_array(seq, ensure_2d=False, dtype=FLOAT_DTYPES, input_name=f"X[{i}]",
-                        ensure_min_samples=0, ensure_all_finite=False)
+        if type(seq) is np.ndarray and seq.dtype in FLOAT_DTYPES and seq.ndim in (1, 2):
+            a = seq  # what check_array would return, checked by the lines below
+        else:
+            from sklearn.utils.validation import check_array
+
+            a = check_array(seq, ensure_2d=False, dtype=FLOAT_DTYPES,
+                            input_name=f"X[{i}]", ensure_min_samples=0,
+                            ensure_all_finite=False)
         if a.ndim == 0 or a.ndim > 2:
             raise ValueError(f"X[{i}] has shape {a.shape}: each sequence in a list must "
                              "be a 2-D array (n_timesteps, n_features) or a 1-D array "

@@ -14,6 +14,8 @@ layer's :meth:`~fastrnn.nn.RNN.backward`; the layers own their parameters (with
 PyTorch's names), the head owns ``coef`` and ``intercept``.
 """
 
+from numbers import Integral
+
 import numpy as np
 
 from . import nn
@@ -21,6 +23,57 @@ from ._training import NonFiniteError, softmax_cross_entropy, squared_error
 
 _LAYERS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+#: The values of the estimators' ``cell``, ``bidirectional_merge`` and
+#: ``pooling``, which :class:`RecurrentNetwork` also checks.
+CELLS = tuple(_LAYERS)
+MERGES = ("concat", "sum")
+POOLINGS = ("last", "mean", "max")
+LOSSES = ("log_loss", "squared_error")
+
+
+def hidden_sizes(value):
+    """``hidden_layer_sizes`` (an int, or a sequence of them) as a tuple of ints.
+
+    Raises
+    ------
+    ValueError
+        An empty sequence, or a size that is not a positive integer.
+    """
+    sizes = [value] if isinstance(value, Integral) else list(value)
+    if not sizes or any(not isinstance(h, Integral) or isinstance(h, bool) or h < 1
+                        for h in sizes):
+        raise ValueError("hidden_layer_sizes must be a non-empty sequence of positive "
+                         f"integers, got {value!r}.")
+    return tuple(int(h) for h in sizes)
+
+
+def network_from_params(params, n_features, n_outputs, *, per_step, loss, rng):
+    """A freshly initialised :class:`RecurrentNetwork` for an estimator's parameters.
+
+    Parameters
+    ----------
+    params : mapping
+        The estimator's ``cell``, ``hidden_layer_sizes``, ``bidirectional``,
+        ``bidirectional_merge``, ``dropout``, ``pooling``, ``dtype`` and
+        ``backend`` (other keys are ignored).
+    n_features, n_outputs : int
+    per_step : bool
+        Output at every step (``pooling`` is then not used).
+    loss : {'log_loss', 'squared_error'}
+    rng : numpy.random.RandomState
+        The first thing that draws from it is this network's initialisation.
+    """
+    return RecurrentNetwork(
+        params["cell"], n_features, params["hidden_layer_sizes"], n_outputs,
+        bidirectional=params["bidirectional"], merge=params["bidirectional_merge"],
+        dropout=params["dropout"], pooling=None if per_step else params["pooling"],
+        loss=loss, dtype=np.dtype(params["dtype"]), backend=params["backend"], rng=rng)
+
+
+def _check_option(name, value, options):
+    if not (isinstance(value, str) and value in options):
+        raise ValueError(f"{name} must be one of {list(options)}, got {value!r}.")
 
 
 def _orthogonal(rng, n, dtype):
@@ -42,8 +95,8 @@ class RecurrentNetwork:
     cell : {'lstm', 'gru', 'rnn'}
     n_features : int
         Features per time step.
-    hidden_layer_sizes : tuple of int
-        Hidden units of each stacked recurrent layer.
+    hidden_layer_sizes : int or sequence of int
+        Hidden units of each stacked recurrent layer (see :func:`hidden_sizes`).
     n_outputs : int
         Outputs of the linear head (classes, or regression targets).
     bidirectional : bool
@@ -64,8 +117,13 @@ class RecurrentNetwork:
                  bidirectional=False, merge="concat", dropout=0.0, pooling="last",
                  loss="log_loss", dtype=np.float32, backend="auto", rng=None):
         rng = np.random.RandomState(0) if rng is None else rng
+        _check_option("cell", cell, CELLS)
+        _check_option("merge", merge, MERGES)
+        _check_option("loss", loss, LOSSES)
+        if pooling is not None:
+            _check_option("pooling", pooling, POOLINGS)
         self.cell = cell
-        self.hidden_layer_sizes = tuple(int(h) for h in hidden_layer_sizes)
+        self.hidden_layer_sizes = hidden_sizes(hidden_layer_sizes)
         self.bidirectional = bool(bidirectional)
         self.merge = merge
         self.dropout = float(dropout)

@@ -67,12 +67,20 @@ def _version():
     return __version__
 
 
+#: The estimators a file may hold: class name -> (classifier, per-step output).
+#: Known without importing them (and scikit-learn), for :func:`load_predictor`.
+_KINDS = {
+    "RNNClassifier": (True, False),
+    "RNNRegressor": (False, False),
+    "RNNSequenceClassifier": (True, True),
+    "RNNSequenceRegressor": (False, True),
+}
+
+
 def _registry():
     from . import estimators
 
-    return {cls.__name__: cls for cls in (
-        estimators.RNNClassifier, estimators.RNNRegressor,
-        estimators.RNNSequenceClassifier, estimators.RNNSequenceRegressor)}
+    return {name: getattr(estimators, name) for name in _KINDS}
 
 
 # ------------------------------------------------------------------ JSON values
@@ -308,35 +316,83 @@ def _read_member(zf, info, limit):
     return data
 
 
-def _fall_back_if_unavailable(est):
-    """Switch ``est`` to ``backend='auto'``, with a warning naming both, when the
-    backend it was saved with is not available here (say 'cython' where the
-    extension is not built): the model loads and predicts all the same."""
+def _usable_backend(saved, dtype):
+    """``saved``, or ``'auto'`` with a warning naming both when the backend a
+    model was saved with is not available here (say 'cython' where the
+    extension is not built): the model loads and predicts all the same. Only
+    the backend asked for is imported (not Numba, when it is 'cython')."""
     from . import _kernels
 
-    saved = est.backend
-    if saved == "auto" or saved in _kernels.available_backends():
-        return
+    try:
+        _kernels.resolve_backend(saved)  # ValueError for a name that is no backend
+        return saved
+    except ImportError:
+        pass
     reason = _kernels.unavailable_backends().get(saved, "not available")
     used = _kernels.resolve_backend("auto")
     warnings.warn(f"this model was saved with backend={saved!r}, which is not available "
                   f"here ({reason}); it is loaded with backend='auto' (now {used!r}) "
                   f"instead. Its predictions agree with {saved!r}'s to "
-                  f"{np.dtype(est.dtype).name} rounding, not bit for bit.", UserWarning)
-    est.backend = "auto"
+                  f"{np.dtype(dtype).name} rounding, not bit for bit.", UserWarning)
+    return "auto"
 
 
-def load_model(path):
-    """Read a model file written by :meth:`save`; see :func:`fastrnn.load`.
+def _estimator_from_params(cls, params):
+    """``cls`` with the file's parameters, through the estimator's own validation."""
+    est = cls()
+    expected_params = set(est.get_params(deep=False))
+    _expect(set(params) == expected_params,
+            f"params: expected keys {sorted(expected_params)}, got {sorted(params)}")
+    est.set_params(**params)
+    est._validate_params()
+    est.backend = _usable_backend(est.backend, est.dtype)
+    sizes = est._check_params()  # e.g. class_weight values; the hidden sizes
+    return est, sizes
+
+
+#: The parameters a predictor uses: the network's (``pooling`` only where the
+#: output is per sequence), and ``n_jobs``.
+_SERVING_PARAMS = ("cell", "hidden_layer_sizes", "bidirectional", "bidirectional_merge",
+                   "dtype", "backend", "n_jobs")
+
+
+def _serving_params(params, per_step):
+    """The parameters a predictor uses, checked without scikit-learn (the
+    estimator's validation of every parameter needs it). The network checks
+    ``cell``, ``bidirectional_merge`` and ``pooling`` when it is built."""
+    from ._network import hidden_sizes
+
+    keys = _SERVING_PARAMS + (() if per_step else ("pooling",))
+    missing = [k for k in keys if k not in params]
+    _expect(not missing, f"params: missing {missing}")
+    p = {k: params[k] for k in keys}
+    _expect(isinstance(p["bidirectional"], bool), "params.bidirectional: expected a bool")
+    n_jobs = p["n_jobs"]
+    _expect(n_jobs is None or (isinstance(n_jobs, int) and n_jobs != 0),
+            f"params.n_jobs: expected None or a non-zero integer, got {n_jobs!r}")
+    _expect(isinstance(p["backend"], str), "params.backend: expected a string")
+    p["backend"] = _usable_backend(p["backend"], p["dtype"])
+    p["dropout"] = 0.0  # prediction never drops out
+    return p, hidden_sizes(p["hidden_layer_sizes"])
+
+
+def load_model(path, *, predictor=False):
+    """Read a model file written by :meth:`save`; see :func:`fastrnn.load` and
+    :func:`fastrnn.serving.load_predictor`.
 
     Parameters
     ----------
     path : str or os.PathLike
+    predictor : bool, default=False
+        Return a :class:`fastrnn.serving.Predictor` (scikit-learn is not
+        imported) instead of the estimator. Both check the file the same way,
+        except that a predictor checks only the parameters it uses (the
+        network's and ``n_jobs``).
 
     Returns
     -------
-    estimator
-        The fitted estimator. Its predictions are bit-identical to the saved
+    estimator or Predictor
+        The fitted estimator (or predictor). Its predictions are bit-identical to the saved
         model's on the same kernel backend; the other backends agree to
         rounding in the model's dtype (float32: about 1e-6), not bit for bit.
         A model saved with a backend that is not available here (e.g.
@@ -355,7 +411,7 @@ def load_model(path):
     with open(path, "rb") as fh:  # OSError (missing file, permissions) passes through
         file_size = os.fstat(fh.fileno()).st_size
         try:
-            return _load(fh, file_size)
+            return _load(fh, file_size, predictor)
         except ModelFileError:
             raise
         except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, TypeError,
@@ -365,8 +421,10 @@ def load_model(path):
                                  f"{type(exc).__name__}: {exc}") from exc
 
 
-def _load(fh, file_size):
+def _load(fh, file_size, predictor):
     import io
+
+    from ._network import network_from_params
 
     with zipfile.ZipFile(fh) as zf:
         infos = zf.infolist()
@@ -396,23 +454,21 @@ def _load(fh, file_size):
                 f"{FORMAT_VERSION}")
         lib = meta.get("fastrnn_version")
         _expect(isinstance(lib, str) and len(lib) < 100, "fastrnn_version missing")
-        registry = _registry()
         cls_name = meta.get("estimator")
-        _expect(isinstance(cls_name, str) and cls_name in registry,
-                f"unknown estimator {cls_name!r}; expected one of {sorted(registry)}")
-        cls = registry[cls_name]
+        _expect(isinstance(cls_name, str) and cls_name in _KINDS,
+                f"unknown estimator {cls_name!r}; expected one of {sorted(_KINDS)}")
+        is_clf, per_step = _KINDS[cls_name]
 
-        # -- parameters, through the estimator's own validation
+        # -- parameters: the estimator's own validation, or a predictor's checks
         params = meta.get("params")
         _expect(isinstance(params, dict), "params missing")
-        est = cls()
-        expected_params = set(est.get_params(deep=False))
-        _expect(set(params) == expected_params,
-                f"params: expected keys {sorted(expected_params)}, got {sorted(params)}")
-        est.set_params(**{k: _dec_param(k, v) for k, v in params.items()})
-        est._validate_params()
-        _fall_back_if_unavailable(est)
-        sizes = est._check_params()  # e.g. class_weight values; the hidden sizes
+        params = {k: _dec_param(k, v) for k, v in params.items()}
+        if predictor:
+            est = None
+            net_params, sizes = _serving_params(params, per_step)
+        else:
+            est, sizes = _estimator_from_params(_registry()[cls_name], params)
+            net_params = est.get_params(deep=False)
 
         # -- fitted dimensions
         fitted = meta.get("fitted")
@@ -432,18 +488,20 @@ def _load(fh, file_size):
         _expect(set(by_name) == {_META} | {n + ".npy" for n in array_names}
                 and len(array_names) == len(infos) - 1,
                 "the archive's members do not match the metadata's array list")
-        dtype = np.dtype(est.dtype)
-        count, n_head = _param_count(est.cell, n_step, sizes, est.bidirectional,
-                                     est.bidirectional_merge, n_out)
+        dtype = np.dtype(net_params["dtype"])
+        count, n_head = _param_count(net_params["cell"], n_step, sizes,
+                                     net_params["bidirectional"],
+                                     net_params["bidirectional_merge"], n_out)
         _expect(count * dtype.itemsize <= file_size,
                 "the metadata implies more parameters than the file holds")
         net_meta = meta.get("network")
         _expect(isinstance(net_meta, dict) and net_meta.get("dtype") == dtype.name
                 and net_meta.get("n_head_inputs") == n_head, "network metadata mismatch")
 
-        net = est._build_network(n_step, n_out, np.random.RandomState(0))
+        net = network_from_params(net_params, n_step, n_out, per_step=per_step,
+                                  loss="log_loss" if is_clf else "squared_error",
+                                  rng=np.random.RandomState(0))
         expected = {name: p for name, p in net.named_parameters()}
-        is_clf = hasattr(cls, "predict_proba")
         want_names = list(expected) + (["classes_"] if is_clf else [])
         _expect(array_names == want_names,
                 f"arrays: expected {want_names}, got {array_names}")
@@ -469,6 +527,8 @@ def _load(fh, file_size):
         p[...] = values[name]
     for layer in net.layers:
         layer.eval()
+    fitted_attrs = {"n_features_in_": n_in, "n_features_per_step_": n_step,
+                    "_fit_2d": fit_2d, "n_outputs_": n_out, "_network": net}
     if is_clf:
         classes = values["classes_"]
         _expect(classes.dtype.kind in "biufU" and classes.shape == (n_out,),
@@ -483,21 +543,21 @@ def _load(fh, file_size):
         if cdt == "object":
             _expect(classes.dtype.kind == "U", "object classes_ must be strings")
             classes = classes.astype(object)
-        est.classes_ = classes
+        fitted_attrs["classes_"] = classes
     if cls_name == "RNNRegressor":
         y_ndim = fitted.get("y_ndim")
         _expect(y_ndim in (1, 2) and not isinstance(y_ndim, bool)
                 and (y_ndim == 2 or n_out == 1), "y_ndim missing")
-        est._y_ndim = y_ndim
+        fitted_attrs["_y_ndim"] = y_ndim
     if cls_name == "RNNSequenceRegressor":
         y_multi = fitted.get("y_multi")
         _expect(isinstance(y_multi, bool) and (y_multi or n_out == 1), "y_multi missing")
-        est._y_multi = y_multi
+        fitted_attrs["_y_multi"] = y_multi
     names = fitted.get("feature_names_in_")
     if names is not None:
         _expect(isinstance(names, list) and len(names) == n_in and fit_2d
                 and all(isinstance(s, str) for s in names), "feature_names_in_ malformed")
-        est.feature_names_in_ = np.asarray(names, dtype=object)
+        fitted_attrs["feature_names_in_"] = np.asarray(names, dtype=object)
     _expect(fit_2d or n_in == n_step, "n_features_in_ disagrees with the network")
 
     record = {"n_iter_": _expect_int(fitted.get("n_iter_"), "n_iter_"),
@@ -513,16 +573,16 @@ def _load(fh, file_size):
         warnings.warn(f"this model file was written by fastrnn {lib}; loading it with "
                       f"fastrnn {_version()}", InconsistentVersionWarning)
 
-    est.n_features_in_ = n_in
-    est.n_features_per_step_ = n_step
-    est._fit_2d = fit_2d
-    est.n_outputs_ = n_out
-    for k, v in record.items():
+    if predictor:
+        from .serving import ClassifierPredictor, RegressorPredictor
+
+        cls = ClassifierPredictor if is_clf else RegressorPredictor
+        return cls(cls_name, fitted_attrs, per_step=per_step, n_jobs=net_params["n_jobs"])
+    for k, v in {**fitted_attrs, **record}.items():
         setattr(est, k, v)
     est._no_improvement_count = 0
     est._best_weights = None
     from sklearn.utils import check_random_state
 
     est._random_state = check_random_state(est.random_state)
-    est._network = net
     return est

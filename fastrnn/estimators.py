@@ -13,7 +13,6 @@ X is a 3-D array ``(n_samples, n_timesteps, n_features)``, a 2-D array
 :class:`sklearn.neural_network.MLPClassifier` wherever the idea is the same.
 """
 
-import os
 import time
 import warnings
 from numbers import Integral, Real
@@ -32,9 +31,9 @@ from sklearn.utils.validation import _check_sample_weight, check_array
 from . import _kernels
 from ._config import layer_threads, single_threaded_blas
 from ._data import per_step_targets, valid_mask, validate_sequences
-from ._network import RecurrentNetwork
-from ._training import (AdamOptimizer, NonFiniteError, SGDOptimizer, clip_grad_norm,
-                        log_softmax)
+from ._inference import ClassifierInference, Inference, RegressorInference
+from ._network import CELLS, MERGES, POOLINGS, hidden_sizes, network_from_params
+from ._training import AdamOptimizer, NonFiniteError, SGDOptimizer, clip_grad_norm
 from ._validation import as_float_array
 
 __all__ = [
@@ -43,9 +42,6 @@ __all__ = [
     "RNNSequenceClassifier",
     "RNNSequenceRegressor",
 ]
-
-#: Sequences per chunk in predict: bounds the memory of the padded activations.
-_PREDICT_CHUNK = 2048
 
 #: The private attributes fit sets (the public ones end with an underscore).
 _FIT_STATE = frozenset({"_network", "_optimizer", "_random_state", "_best_weights",
@@ -234,14 +230,15 @@ def _inject_docs(cls):
     return cls
 
 
-class _BaseRNN(BaseEstimator):
-    """Training loop, input handling and prediction shared by all estimators."""
+class _BaseRNN(Inference, BaseEstimator):
+    """Training loop and input handling shared by all estimators (prediction comes
+    from :mod:`fastrnn._inference`)."""
 
     _parameter_constraints = {
         "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
-        "cell": [StrOptions({"lstm", "gru", "rnn"})],
+        "cell": [StrOptions(set(CELLS))],
         "bidirectional": ["boolean"],
-        "bidirectional_merge": [StrOptions({"concat", "sum"})],
+        "bidirectional_merge": [StrOptions(set(MERGES))],
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "solver": [StrOptions({"adam", "sgd"})],
         "alpha": [Interval(Real, 0, None, closed="left")],
@@ -270,8 +267,7 @@ class _BaseRNN(BaseEstimator):
         "n_jobs": [Integral, None],
     }
 
-    #: Set by subclasses.
-    _per_step = False
+    #: Set by subclasses (``_per_step`` also by :class:`~fastrnn._inference.Inference`).
     _loss = None
 
     def __init__(self, hidden_layer_sizes=(64,), cell="lstm", *, bidirectional=False,
@@ -396,13 +392,7 @@ class _BaseRNN(BaseEstimator):
     # ------------------------------------------------------------- helpers
 
     def _hidden_sizes(self):
-        sizes = self.hidden_layer_sizes
-        sizes = [sizes] if isinstance(sizes, Integral) else list(sizes)
-        if not sizes or any(not isinstance(h, Integral) or isinstance(h, bool) or h < 1
-                            for h in sizes):
-            raise ValueError("hidden_layer_sizes must be a non-empty sequence of positive "
-                             f"integers, got {self.hidden_layer_sizes!r}.")
-        return tuple(int(h) for h in sizes)
+        return hidden_sizes(self.hidden_layer_sizes)
 
     def _check_params(self):
         """The checks of the parameters that ``_parameter_constraints`` cannot
@@ -432,11 +422,8 @@ class _BaseRNN(BaseEstimator):
 
     def _build_network(self, n_features, n_outputs, rng):
         """A freshly initialised network; ``rng`` is the first thing that draws."""
-        return RecurrentNetwork(
-            self.cell, n_features, self._hidden_sizes(), n_outputs,
-            bidirectional=self.bidirectional, merge=self.bidirectional_merge,
-            dropout=self.dropout, pooling=None if self._per_step else self.pooling,
-            loss=self._loss, dtype=np.dtype(self.dtype), backend=self.backend, rng=rng)
+        return network_from_params(self.get_params(deep=False), n_features, n_outputs,
+                                   per_step=self._per_step, loss=self._loss, rng=rng)
 
     def _work_dtype(self):
         net = getattr(self, "_network", None)
@@ -447,7 +434,7 @@ class _BaseRNN(BaseEstimator):
             raise NotFittedError(
                 f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
                 "appropriate arguments before using this estimator.")
-        return validate_sequences(self, X, reset=False, dtype=self._work_dtype())
+        return super()._validate_X(X)
 
     def _sample_weight(self, sample_weight, n):
         sw = _check_sample_weight(sample_weight, np.empty((n, 0)), dtype=np.float64,
@@ -741,58 +728,9 @@ class _BaseRNN(BaseEstimator):
         T = int(seqs.lengths[idx].max())
         return target[:T, idx]
 
-    # ----------------------------------------------------------- inference
 
-    def _n_threads(self, fit):
-        """``n_jobs`` as a thread count; None where BLAS's setting decides."""
-        if self.n_jobs is None:
-            return 1 if fit else None
-        cores = os.cpu_count() or 1
-        return self.n_jobs if self.n_jobs > 0 else max(1, cores + 1 + self.n_jobs)
-
-    def _forward(self, seqs):
-        """Head output for every sample: (n, k), or per step (T, n, k)."""
-        with layer_threads(self._n_threads(fit=False)):
-            return self._forward_chunks(seqs)
-
-    def _forward_chunks(self, seqs):
-        net = self._network
-        n, T = seqs.n_samples, seqs.data.shape[0]
-        if n <= _PREDICT_CHUNK:
-            return self._check_finite(net.forward(seqs.data, seqs.lengths))
-        k = self.n_outputs_
-        out = np.zeros((T, n, k) if self._per_step else (n, k), net.dtype)
-        for sl in gen_batches(n, _PREDICT_CHUNK):
-            lengths = seqs.lengths[sl]
-            Tb = int(lengths.max())
-            res = net.forward(seqs.data[:Tb, sl], lengths)
-            if self._per_step:
-                out[:Tb, sl] = res
-            else:
-                out[sl] = res
-        return self._check_finite(out)
-
-    @staticmethod
-    def _check_finite(out):
-        """Refuse to return a NaN or infinite network output (inputs so large that
-        the products overflow), rather than a silently wrong prediction."""
-        if not np.isfinite(out).all():
-            raise ValueError("The network's output is NaN or infinite for this input: "
-                             "its values are too large for the network's dtype. "
-                             "Rescale X (e.g. fastrnn.preprocessing.SequenceScaler).")
-        return out
-
-    def _split_steps(self, values, seqs):
-        """Per-step values (T, n, ...) -> (n, T, ...) array, or a list for list input."""
-        if seqs.fmt == "list":
-            return [np.ascontiguousarray(values[:L, i]) for i, L in enumerate(seqs.lengths)]
-        return np.ascontiguousarray(np.swapaxes(values, 0, 1))
-
-
-class _ClassifierMixin:
+class _ClassifierMixin(ClassifierInference):
     """Label handling shared by the two classifiers."""
-
-    _loss = "log_loss"
 
     def _check_params(self):
         """As :meth:`_BaseRNN._check_params`, and the weights of a ``class_weight``
@@ -852,9 +790,6 @@ class _ClassifierMixin:
                     cw[j] = cw_present[np.searchsorted(present, c)]
         return np.searchsorted(self.classes_, labels), cw
 
-    def _proba(self, logits):
-        return np.exp(log_softmax(logits.astype(np.float64)))
-
 
 @_inject_docs
 class RNNClassifier(_ClassifierMixin, ClassifierMixin, _BaseRNN):
@@ -908,7 +843,7 @@ class RNNClassifier(_ClassifierMixin, ClassifierMixin, _BaseRNN):
 
     _parameter_constraints = {
         **_BaseRNN._parameter_constraints,
-        "pooling": [StrOptions({"last", "mean", "max"})],
+        "pooling": [StrOptions(set(POOLINGS))],
         "class_weight": [dict, StrOptions({"balanced"}), None],
     }
 
@@ -990,26 +925,13 @@ class RNNClassifier(_ClassifierMixin, ClassifierMixin, _BaseRNN):
         return self._fit(X, y, sample_weight, incremental=True,
                          classes=classes if first else None)
 
-    def predict(self, X):
-        """Class label of every sequence, shape (n_samples,)."""
-        seqs = self._validate_X(X)
-        return self.classes_[np.argmax(self._forward(seqs), axis=1)]
-
-    def predict_proba(self, X):
-        """Class probabilities, shape (n_samples, n_classes), columns as ``classes_``."""
-        return self._proba(self._forward(self._validate_X(X)))
-
-    def predict_log_proba(self, X):
-        """Logarithm of :meth:`predict_proba`, computed stably."""
-        return log_softmax(self._forward(self._validate_X(X)).astype(np.float64))
-
     def _score_sequences(self, seqs, target, sw):
         pred = np.argmax(self._forward(seqs), axis=1)
         return accuracy_score(target, pred, sample_weight=sw)
 
 
 @_inject_docs
-class RNNRegressor(RegressorMixin, _BaseRNN):
+class RNNRegressor(RegressorInference, RegressorMixin, _BaseRNN):
     """Recurrent network regressor: one value, or vector of values, per sequence.
 
     The recurrent layers read each sequence, their outputs are pooled over time
@@ -1046,10 +968,9 @@ class RNNRegressor(RegressorMixin, _BaseRNN):
     True
     """
 
-    _loss = "squared_error"
     _parameter_constraints = {
         **_BaseRNN._parameter_constraints,
-        "pooling": [StrOptions({"last", "mean", "max"})],
+        "pooling": [StrOptions(set(POOLINGS))],
     }
 
     def __init__(self, hidden_layer_sizes=(64,), cell="lstm", *, bidirectional=False,
@@ -1122,11 +1043,6 @@ class RNNRegressor(RegressorMixin, _BaseRNN):
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y), continuing from the current weights."""
         return self._fit(X, y, sample_weight, incremental=True)
-
-    def predict(self, X):
-        """Predictions, shape (n_samples,) or (n_samples, n_targets) as y in fit."""
-        out = self._forward(self._validate_X(X)).astype(np.float64)
-        return out[:, 0] if self._y_ndim == 1 else out
 
     def _score_sequences(self, seqs, target, sw):
         return r2_score(target, self._forward(seqs), sample_weight=sw)
@@ -1283,28 +1199,10 @@ class RNNSequenceClassifier(_PerStepMixin, _ClassifierMixin, ClassifierMixin, _B
         return self._fit(X, y, sample_weight, incremental=True,
                          classes=classes if first else None)
 
-    def predict(self, X):
-        """Label of every time step: (n_samples, n_timesteps) array, or a list of
-        (n_timesteps_i,) arrays for list input."""
-        seqs = self._validate_X(X)
-        return self._split_steps(self.classes_[np.argmax(self._forward(seqs), axis=2)],
-                                 seqs)
-
-    def predict_proba(self, X):
-        """Per-step class probabilities: (n_samples, n_timesteps, n_classes), or a
-        list of (n_timesteps_i, n_classes) arrays for list input."""
-        seqs = self._validate_X(X)
-        return self._split_steps(self._proba(self._forward(seqs)), seqs)
-
-    def predict_log_proba(self, X):
-        """Logarithm of :meth:`predict_proba`, computed stably."""
-        seqs = self._validate_X(X)
-        return self._split_steps(log_softmax(self._forward(seqs).astype(np.float64)),
-                                 seqs)
 
 
 @_inject_docs
-class RNNSequenceRegressor(_PerStepMixin, RegressorMixin, _BaseRNN):
+class RNNSequenceRegressor(_PerStepMixin, RegressorInference, RegressorMixin, _BaseRNN):
     """Recurrent network that predicts a value (or vector) at every time step.
 
     A linear layer on the last recurrent layer's output at every step; the loss
@@ -1338,8 +1236,6 @@ class RNNSequenceRegressor(_PerStepMixin, RegressorMixin, _BaseRNN):
     >>> reg.predict(X).shape, reg.score(X, y) > 0.9
     ((200, 12), True)
     """
-
-    _loss = "squared_error"
 
     def __init__(self, hidden_layer_sizes=(64,), cell="lstm", *, bidirectional=False,
                  bidirectional_merge="concat", dropout=0.0, solver="adam", alpha=1e-4,
@@ -1397,13 +1293,6 @@ class RNNSequenceRegressor(_PerStepMixin, RegressorMixin, _BaseRNN):
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y), continuing from the current weights."""
         return self._fit(X, y, sample_weight, incremental=True)
-
-    def predict(self, X):
-        """Per-step predictions: (n_samples, n_timesteps[, n_targets]) array, or a
-        list of (n_timesteps_i[, n_targets]) arrays for list input."""
-        seqs = self._validate_X(X)
-        out = self._forward(seqs).astype(np.float64)
-        return self._split_steps(out if self._y_multi else out[..., 0], seqs)
 
     def _score_sequences(self, seqs, target, sw):
         mask = valid_mask(seqs.lengths, seqs.data.shape[0])

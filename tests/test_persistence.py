@@ -1,9 +1,10 @@
-"""Safe model files (estimator.save / fastrnn.load), atomic writes, and pickling
-across versions.
+"""Safe model files (estimator.save / fastrnn.load / fastrnn.load_predictor),
+atomic writes, and pickling across versions.
 
-Every round trip is held to exact equality with the estimator that saved it;
-every damaged file must raise ModelFileError (and nothing else), and nothing in
-a file is ever unpickled or executed."""
+Every round trip, to an estimator or to a predictor, is held to exact equality
+with the estimator that saved it; every damaged file must raise ModelFileError
+(and nothing else) from both loaders, and nothing in a file is ever unpickled or
+executed."""
 
 import io
 import json
@@ -57,6 +58,7 @@ def _predictions(est, X):
     out = {"predict": est.predict(X)}
     if hasattr(est, "predict_proba"):
         out["predict_proba"] = est.predict_proba(X)
+        out["predict_log_proba"] = est.predict_log_proba(X)
     return out
 
 
@@ -112,6 +114,22 @@ def test_round_trip_predicts_identically(tmp_path, cls, labels, kw):
             assert arr.dtype != object
     assert meta["estimator"] == cls.__name__
     assert meta["fastrnn_version"] == fastrnn.__version__
+
+    # The same file as a predictor (no scikit-learn): the same numbers.
+    pred = fastrnn.load_predictor(path)
+    assert isinstance(pred, fastrnn.serving.Predictor)
+    assert hasattr(pred, "predict_proba") == hasattr(est, "predict_proba")
+    assert pred.estimator == cls.__name__ and pred.dtype == np.dtype(est.dtype)
+    assert pred.n_jobs == est.n_jobs
+    for X in (X3, XR, X3[:5, :2], list(X3[:4])):
+        _assert_identical(_predictions(pred, X), _predictions(est, X))
+    for attr in ("n_features_in_", "n_features_per_step_", "n_outputs_"):
+        assert getattr(pred, attr) == getattr(est, attr)
+    if hasattr(est, "classes_"):
+        assert pred.classes_.dtype == est.classes_.dtype
+        assert np.array_equal(pred.classes_, est.classes_)
+    again = pickle.loads(pickle.dumps(pred))
+    _assert_identical(_predictions(again, XR), _predictions(est, XR))
 
 
 def test_random_state_instance_is_saved_as_none(tmp_path):
@@ -213,6 +231,89 @@ assert "numba" not in [k for k, v in sys.modules.items() if v is not None]
 """
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.getcwd())
     assert np.array_equal(np.load(tmp_path / "out.npy"), expected)
+
+
+def test_predictor_never_imports_scikit_learn(tmp_path):
+    """A fresh process where importing scikit-learn (or numba, for a Cython
+    model) fails loads a predictor and predicts on a 3-D array, a ragged list,
+    a list of equal-length sequences and a 2-D array, exactly as the estimator."""
+    backend = "cython" if "cython" in fastrnn.available_backends() else "reference"
+    est = _fit(RNNClassifier, "str", backend=backend)
+    est.save(tmp_path / "m.fastrnn")
+    X2 = X3[:, :, 0]
+    est2 = RNNRegressor((3,), max_iter=2, random_state=0, backend=backend).fit(X2, X2[:, 1])
+    est2.save(tmp_path / "m2.fastrnn")
+    np.save(tmp_path / "X.npy", X3)
+    code = f"""
+import sys
+sys.modules["sklearn"] = None        # importing scikit-learn now fails
+sys.modules["numba"] = None
+import numpy as np, fastrnn
+X = np.load({str(tmp_path / 'X.npy')!r})
+m = fastrnn.load_predictor({str(tmp_path / 'm.fastrnn')!r})
+out = [m.predict_proba(X), *m.predict_proba([X[0, :2], X[1], X[2, :4]]),
+       m.predict_proba(list(X[:3]))]
+r = fastrnn.load_predictor({str(tmp_path / 'm2.fastrnn')!r})
+out.append(r.predict(X[:, :, 0]))
+np.savez({str(tmp_path / 'out.npz')!r}, *out)
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.getcwd())
+    with np.load(tmp_path / "out.npz") as got:
+        got = [got[f"arr_{i}"] for i in range(len(got.files))]
+    expected = [est.predict_proba(X3), *est.predict_proba([X3[0, :2], X3[1], X3[2, :4]]),
+                est.predict_proba(list(X3[:3])), est2.predict(X2)]
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("make_X", [
+    lambda: X3[:, :, :2],                          # features per step
+    lambda: X3[:, :, 0],                           # a 2-D array to a 3-D fit
+    lambda: np.where(X3 > 1, np.nan, X3),          # NaN
+    lambda: X3 * 1e39,                             # beyond float32
+    lambda: X3[:0],                                # no samples
+    lambda: [],                                    # empty list
+    lambda: [X3[0], X3[1, :, :2]],                 # ragged features
+    lambda: [X3[0], X3[1, :0]],                    # a sequence without steps
+    lambda: X3.astype(complex),                    # not real
+    lambda: X3[0, 0],                              # 1-D
+    lambda: X3.astype(str),                        # strings
+    lambda: X3[..., None],                         # 4-D
+])
+def test_predictor_refuses_bad_input_as_the_estimator(saved, make_X):
+    """The predictor runs the estimator's own input checks: the same exception
+    type and message for every kind of bad input."""
+    est, pred = fastrnn.load(saved), fastrnn.load_predictor(saved)
+    X = make_X()
+    with pytest.raises((ValueError, TypeError)) as from_est:
+        est.predict(X)
+    with pytest.raises(from_est.type) as from_pred:
+        pred.predict(X)
+    assert str(from_pred.value).replace("ClassifierPredictor", "RNNClassifier") == \
+        str(from_est.value)
+
+
+@pytest.mark.filterwarnings("ignore:X does not have valid feature names")
+def test_predictor_checks_feature_names_as_the_estimator(tmp_path):
+    """Fitted on a DataFrame (2-D: one column per step), the predictor checks
+    column names and counts with scikit-learn's messages, as the estimator."""
+    pd = pytest.importorskip("pandas")
+    X2 = X3[:, :, 0]
+    df = pd.DataFrame(X2, columns=[f"t{i}" for i in range(X2.shape[1])])
+    est = RNNRegressor((3,), max_iter=2, random_state=0).fit(df, X2[:, -1])
+    est.save(tmp_path / "m")
+    pred = fastrnn.load_predictor(tmp_path / "m")
+    assert list(pred.feature_names_in_) == list(est.feature_names_in_)
+    assert np.array_equal(pred.predict(df), est.predict(df))
+    renamed = df.rename(columns={"t0": "x"})
+    for model in (est, pred):
+        with pytest.raises(ValueError, match="feature names should match"):
+            model.predict(renamed)
+        with pytest.raises(ValueError, match="features"):
+            model.predict(X2[:, :3])
+        with pytest.warns(UserWarning, match="does not have valid feature names"):
+            model.predict(X2)
 
 
 # ------------------------------------------------------------ damaged files
@@ -348,11 +449,38 @@ def test_untouched_rewrite_loads(saved, tmp_path):
                           fastrnn.load(saved).predict_proba(X3))
 
 
+#: Defects in parameters that prediction does not use: a predictor reads only
+#: the network's parameters and n_jobs (and does not know the estimator's full
+#: parameter list without importing scikit-learn).
+UNUSED_IN_PREDICTION = {"unknown_param", "negative_class_weight", "nan_class_weight"}
+
+
 @pytest.mark.parametrize("name", TAMPERINGS)
 def test_tampered_file_raises_model_file_error(saved, tmp_path, name):
     path = _write(tmp_path / "bad", _tampered(name, _members(saved)))
     with pytest.raises(ModelFileError):
         fastrnn.load(path)
+    if name in UNUSED_IN_PREDICTION:
+        expected = fastrnn.load(saved).predict_proba(X3)
+        assert np.array_equal(fastrnn.load_predictor(path).predict_proba(X3), expected)
+    else:
+        with pytest.raises(ModelFileError):
+            fastrnn.load_predictor(path)
+
+
+@pytest.mark.parametrize("param,value", [
+    ("bidirectional", 1), ("bidirectional", "yes"), ("n_jobs", 0), ("n_jobs", 1.5), ("backend", 3), ("backend", "torch"), ("bidirectional_merge", "mul"),
+    ("pooling", "median"), ("cell", None), ("hidden_layer_sizes", [4, 0]),
+    ("hidden_layer_sizes", "4"), ("dtype", "float16"),
+])
+def test_predictor_checks_the_parameters_it_uses(saved, tmp_path, param, value):
+    """The parameters a predictor reads are checked without scikit-learn's
+    validation, and refused as the estimator refuses them."""
+    path = _write(tmp_path / "bad", _with_meta(
+        _members(saved), lambda d: d["params"].update({param: value})))
+    for load in (fastrnn.load, fastrnn.load_predictor):
+        with pytest.raises(ModelFileError):
+            load(path)
 
 
 class _Boom:
@@ -390,6 +518,8 @@ def test_truncated_files_raise(saved, tmp_path):
         (tmp_path / "t").write_bytes(data[:cut])
         with pytest.raises(ModelFileError):
             fastrnn.load(tmp_path / "t")
+        with pytest.raises(ModelFileError):
+            fastrnn.load_predictor(tmp_path / "t")
 
 
 def test_flipped_bytes_never_load_wrongly(saved, tmp_path):
@@ -402,11 +532,12 @@ def test_flipped_bytes_never_load_wrongly(saved, tmp_path):
         bad = bytearray(data)
         bad[pos] ^= 0xFF
         (tmp_path / "f").write_bytes(bytes(bad))
-        try:
-            model = fastrnn.load(tmp_path / "f")
-        except ModelFileError:
-            continue
-        assert np.array_equal(model.predict_proba(X3), expected), pos
+        for load in (fastrnn.load, fastrnn.load_predictor):
+            try:
+                model = load(tmp_path / "f")
+            except ModelFileError:
+                continue
+            assert np.array_equal(model.predict_proba(X3), expected), (pos, load)
 
 
 def test_zip_bomb_and_compression_rejected(saved, tmp_path):
