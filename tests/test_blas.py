@@ -90,3 +90,50 @@ def test_layer_call_leaves_subnormals_alone_in_the_callers_thread(monkeypatch,
         out, _ = layer(np.ones((5, 6, 3), np.float32))
         layer.backward(np.ones_like(out))
     assert _subnormal_product() > 0
+
+
+def test_cython_blas_is_loaded_without_scipy_linalg_and_stays_whole():
+    """fastrnn loads scipy.linalg.cython_blas without scipy.linalg's __init__
+    (fastrnn._kernels._scipy_blas). In a fresh process: the layers of every
+    backend compute what the reference backend does without scipy.linalg being
+    imported, and once something imports scipy.linalg, the package is whole:
+    its cython_blas attribute is the one module, its BLAS computes, the watcher
+    is gone."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import numpy as np
+import fastrnn, fastrnn.nn as nn
+from fastrnn._kernels import _scipy_blas
+
+x = np.random.RandomState(0).standard_normal((6, 3, 5)).astype(np.float32)
+outs = {}
+for backend in fastrnn.available_backends():
+    layer = nn.LSTM(5, 4, backend=backend, random_state=0).eval()
+    outs[backend] = layer(x)[0]
+for backend, out in outs.items():
+    np.testing.assert_allclose(out, outs["reference"], rtol=1e-5, atol=1e-6)
+assert "scipy.linalg.cython_blas" in sys.modules
+assert "scipy.linalg" not in sys.modules, "the kernels imported scipy.linalg"
+assert any(isinstance(f, _scipy_blas._AttachToPackage) for f in sys.meta_path)
+
+import scipy.linalg
+import scipy.linalg.cython_blas
+assert scipy.linalg.cython_blas is sys.modules["scipy.linalg.cython_blas"]
+assert not any(isinstance(f, _scipy_blas._AttachToPackage) for f in sys.meta_path)
+a = np.arange(6, dtype=np.float32).reshape(2, 3)
+assert np.array_equal(scipy.linalg.blas.sgemm(1.0, a, a.T), a @ a.T)
+assert sorted(outs) == sorted(fastrnn.available_backends()) and len(outs) >= 2
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_preload_leaves_an_imported_scipy_linalg_alone():
+    """Where scipy.linalg is imported already, the ordinary import is used."""
+    import scipy.linalg  # noqa: F401 (imported before, as in this process)
+
+    from fastrnn._kernels import _scipy_blas
+
+    assert _scipy_blas.preload() is False

@@ -70,6 +70,9 @@ loop, so compiled backends can run it without the GIL.
 from importlib import import_module
 
 from .. import _config
+from . import _scipy_blas
+
+_scipy_blas.preload()  # before the Cython kernels cimport it (see the module)
 
 #: Backend name -> module path, in order of preference for ``'auto'``.
 _MODULES = {
