@@ -239,11 +239,19 @@ def _peers(sc, cell, x, lengths, fast):
     return peers
 
 
+#: The runner of a ragged scenario's data at full length (not a peer).
+_EQUAL_LENGTH = "fastrnn_equal_length"
+
+
 def run_case(sc, cell, rounds=7, backend="auto", min_time=0.05, settle=0.3, warmup=0.05):
     """Time fastrnn and its peers on one scenario and cell.
 
     Returns a dict with the median seconds per call of each runner and the
-    ratios ``peer / fastrnn``.
+    ratios ``peer / fastrnn``. For ragged input it also times fastrnn on the
+    same data at full length (interleaved with the others) and adds
+    ``ragged``: the fill (valid steps / (B * T)), that time, and the ragged
+    time over the full-length time scaled by the fill (1.0: the padding costs
+    nothing, nor does the raggedness).
     """
     x, lengths = make_inputs(sc)
     with thread_limit(sc.threads):
@@ -252,6 +260,12 @@ def run_case(sc, cell, rounds=7, backend="auto", min_time=0.05, settle=0.3, warm
         ref = fast()
         for r in runners[1:]:
             _check_same(ref, r(), f"{sc.id} {cell} {r.name}")
+        if lengths is not None:
+            # The same layer on the same data with every sequence at full length:
+            # the ragged call should cost that time scaled by the steps it has.
+            full = FastrnnRunner(sc, cell, x, None, backend)
+            full.name = _EQUAL_LENGTH
+            runners.append(full)
         # Calls per round so that one round takes about min_time.
         t0 = time.perf_counter()
         fast()
@@ -282,7 +296,13 @@ def run_case(sc, cell, rounds=7, backend="auto", min_time=0.05, settle=0.3, warm
     result = dict(scenario=sc.id, cell=cell, kind=sc.kind, threads=sc.threads,
                   shape=dict(B=sc.B, T=sc.T, D=sc.D, H=sc.H), backend=fast.layer.backend,
                   median_s=med, rounds=rounds, calls_per_round=reps)
-    result["ratio"] = {k: v / med["fastrnn"] for k, v in med.items() if k != "fastrnn"}
+    result["ratio"] = {k: v / med["fastrnn"] for k, v in med.items()
+                       if k not in ("fastrnn", _EQUAL_LENGTH)}
+    if lengths is not None:
+        fill = float(np.sum(lengths)) / (sc.B * sc.T)
+        result["ragged"] = dict(fill=fill, equal_length_s=med[_EQUAL_LENGTH],
+                                vs_scaled_equal_length=med["fastrnn"]
+                                / (fill * med[_EQUAL_LENGTH]))
     return result
 
 
@@ -356,4 +376,9 @@ def main(argv=None):
             cols += ([_fmt_time(m[peer]), f"{q[peer]:6.2f}"] if peer in m
                      else [f"{'-':>12}", f"{'-':>6}"])
         print(" ".join(cols))
+        if "ragged" in r:
+            g = r["ragged"]
+            print(f"{'':4} {'':4} ragged: {g['fill']:.0%} of the steps; at full length "
+                  f"{_fmt_time(g['equal_length_s']).strip()}, so the ragged call takes "
+                  f"{g['vs_scaled_equal_length']:.2f}x the scaled time")
     return 0

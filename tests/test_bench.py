@@ -30,6 +30,15 @@ def test_peers_agree_with_fastrnn(sid, cell):
     expected = {"pytorch"} | ({"onnxruntime"} if sc.kind == "inference" else set())
     assert set(res["ratio"]) == expected
     assert all(np.isfinite(v) and v > 0 for v in res["median_s"].values())
+    if sc.ragged:  # also timed at full length, reported against the scaled time
+        g = res["ragged"]
+        x, lengths = bench.make_inputs(sc)
+        assert g["fill"] == lengths.sum() / (sc.B * sc.T) and 0 < g["fill"] <= 1
+        assert g["equal_length_s"] == res["median_s"]["fastrnn_equal_length"]
+        assert np.isclose(g["vs_scaled_equal_length"], res["median_s"]["fastrnn"]
+                          / (g["fill"] * g["equal_length_s"]))
+    else:
+        assert "ragged" not in res and set(res["median_s"]) == expected | {"fastrnn"}
 
 
 def test_wrong_peer_result_is_refused():
