@@ -18,10 +18,11 @@ import numpy as np
 
 try:
     from ._kernels._cython_kernels import gemm as _gemm
+    from ._kernels._cython_kernels import take_rows as _take_rows
     from ._kernels._cython_kernels import FLUSH_DENORMALS_BITS as _FTZ_BITS
     from ._kernels._cython_kernels import set_flush_denormals as _set_ftz
-except ImportError:  # extension not built: NumPy's BLAS, subnormals kept
-    _gemm = _set_ftz = _FTZ_BITS = None
+except ImportError:  # extension not built: NumPy's BLAS and indexing, subnormals kept
+    _gemm = _take_rows = _set_ftz = _FTZ_BITS = None
 
 _INT32_MAX = 2 ** 31 - 1
 
@@ -49,6 +50,21 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, accumulate=False):
     else:
         out[...] = prod
     return out
+
+
+def take_rows(a, index):
+    """``a[:, index]`` for a 3-D float array (``a[index]`` for a 2-D one) and an
+    int64 index: a new C-contiguous array. Copied without the GIL where the
+    Cython extension is built, since the batch slices' threads gather at once;
+    ``a`` may be any view whose last axis is contiguous."""
+    flat = a.ndim == 2
+    a3 = a[None] if flat else a
+    if (_take_rows is not None and a3.dtype in (np.float32, np.float64)
+            and index.dtype == np.int64 and a3.strides[2] == a3.itemsize):
+        out = np.empty((a3.shape[0], index.shape[0], a3.shape[2]), a3.dtype)
+        _take_rows(a3, index, out)
+        return out[0] if flat else out
+    return np.ascontiguousarray(a[index] if flat else a[:, index])
 
 
 @contextmanager

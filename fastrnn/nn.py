@@ -20,7 +20,7 @@ from functools import reduce
 import numpy as np
 
 from . import _config, _kernels
-from ._blas import flush_denormals, matmul
+from ._blas import flush_denormals, matmul, take_rows
 from ._memory import reuse_array_memory
 from ._validation import as_float_array, as_random_state, check_lengths
 
@@ -40,10 +40,33 @@ def dropout_mask(rng, shape, dropout, dtype):
 
 def _take(a, index, axis=1):
     """``a`` indexed along the batch ``axis`` (a slice or a permutation);
-    None stays None."""
+    None stays None. A permutation of a 3-D array's axis 1 is copied without
+    the GIL (the batch slices' threads do it at once)."""
     if a is None:
         return None
+    if axis == 1 and isinstance(index, np.ndarray) and a.ndim == 3:
+        return take_rows(a, index)
     return a[(slice(None),) * axis + (index,)]
+
+
+#: Below this share of valid steps (padding above a quarter), the backward pass
+#: gathers the valid rows for the weight-gradient products: S7 (52% valid).
+_GATHER_BELOW_FILL = 0.75
+
+
+def _valid_rows(lengths, T):
+    """Flat indices ``t * B + b`` of the valid steps, ascending, where padding
+    is a large part of the batch; None where the products had better run over
+    every row (the padded rows' gradients are zero, so both give the sum)."""
+    B = lengths.shape[0]
+    if lengths.sum() >= _GATHER_BELOW_FILL * T * B:
+        return None
+    return np.flatnonzero(np.arange(T)[:, None] < lengths[None, :])
+
+
+def _rows(a2, rows):
+    """``a2[rows]`` (a copy), or ``a2`` itself when ``rows`` is None."""
+    return a2 if rows is None else take_rows(a2, rows)
 
 
 def _join(parts):
@@ -555,6 +578,7 @@ class _RNNBase:
         dt = self.dtype
 
         kernels = _kernels.get_kernels(self.backend)
+        rows = _valid_rows(lengths, T)
         grads = {}
         dh0 = np.empty((L, B, R), dt)
         dc0 = np.empty((L, B, H), dt) if dc_all is not None else None
@@ -601,15 +625,20 @@ class _RNNBase:
                                          dcache["ghn"], dout, dh, dgx, dgh)
                 dh0[idx] = dh
                 dgx2 = dgx.reshape(T * B, G * H)
-                grads[f"weight_ih_{sfx}"] = matmul(dgx2, inp.reshape(T * B, D),
-                                                   trans_a=True)
-                grads[f"weight_hh_{sfx}"] = self._grad_w_hh(dgh, out, h0, lengths, reverse)
+                # The weight gradients sum over the valid steps only (`rows`)
+                # where padding is a large part of the batch.
+                dg_rows = _rows(dgx2, rows)
+                dgh_rows = dg_rows if dgh is dgx else _rows(dgh.reshape(T * B, G * H), rows)
+                grads[f"weight_ih_{sfx}"] = matmul(dg_rows, _rows(inp.reshape(T * B, D),
+                                                                  rows), trans_a=True)
+                grads[f"weight_hh_{sfx}"] = self._grad_w_hh(dgh, dgh_rows, rows, out, h0,
+                                                            lengths, reverse)
                 if self.bias:
-                    g_b = dgx2.sum(axis=0)
+                    g_b = dg_rows.sum(axis=0)
                     grads[f"bias_ih_{sfx}"] = g_b
                     # both biases enter as one sum but for the GRU's b_hn
                     grads[f"bias_hh_{sfx}"] = (g_b.copy() if dgh is dgx else
-                                               dgh.reshape(T * B, G * H).sum(axis=0))
+                                               dgh_rows.sum(axis=0))
                 if need_dx:
                     matmul(dgx2, w_ih, out=dx, accumulate=True)
             if need_dx:
@@ -624,20 +653,28 @@ class _RNNBase:
         return grads, dy, dh0, dc0
 
     @staticmethod
-    def _grad_w_hh(dgh, out, h0, lengths, reverse):
+    def _grad_w_hh(dgh, dgh_rows, rows, out, h0, lengths, reverse):
         """``sum_t dgh_t.T @ h_{t-1}`` without materialising the shifted states.
 
         ``h_{t-1}`` is ``out`` one step back, except at each sample's first step,
-        where it is ``h0``.
+        where it is ``h0``. ``dgh_rows`` is ``dgh`` (T * B, GH) at the flat
+        ``rows`` (see :func:`_valid_rows`), or all of it when ``rows`` is None.
         """
         T, B, GH = dgh.shape
-        R = out.shape[2]
+        out2 = out.reshape(T * B, out.shape[2])
         if not reverse:
-            g = matmul(dgh[1:].reshape(-1, GH), out[:-1].reshape(-1, R), trans_a=True)
+            # Steps 1.. are fed by the step before; step 0's rows come first
+            # (every sample has one).
+            a = dgh_rows[B:]
+            prev = out2[:(T - 1) * B] if rows is None else take_rows(out2, rows[B:] - B)
+            g = matmul(a, prev, trans_a=True)
             return matmul(dgh[0], h0, trans_a=True, out=g, accumulate=True)
-        # Reverse: step t is fed by t + 1; out is zero past each sample's end, so
-        # the shifted product misses exactly the first steps, t = lengths - 1.
-        g = matmul(dgh[:-1].reshape(-1, GH), out[1:].reshape(-1, R), trans_a=True)
+        # Reverse: step t is fed by t + 1 (the last step, T - 1, by nothing: its
+        # rows come last); out is zero past each sample's end, so the shifted
+        # product misses exactly the first steps, t = lengths - 1.
+        n = dgh_rows.shape[0] - (B if rows is None else int(np.sum(lengths == T)))
+        prev = out2[B:] if rows is None else take_rows(out2, rows[:n] + B)
+        g = matmul(dgh_rows[:n], prev, trans_a=True)
         return matmul(dgh[lengths - 1, np.arange(B)], h0, trans_a=True, out=g,
                       accumulate=True)
 

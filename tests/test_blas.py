@@ -137,3 +137,42 @@ def test_preload_leaves_an_imported_scipy_linalg_alone():
     from fastrnn._kernels import _scipy_blas
 
     assert _scipy_blas.preload() is False
+
+
+@pytest.mark.parametrize("use_kernels", [True, False], ids=["cython", "numpy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_take_rows_matches_numpy_indexing(monkeypatch, use_kernels, dtype):
+    """take_rows (the batch permutation and the valid-step gather) against NumPy's
+    indexing: 3-D views with any strides but a contiguous last axis, 2-D arrays,
+    an empty index, and views it hands to NumPy (last axis strided)."""
+    if use_kernels and _blas._take_rows is None:
+        pytest.skip("SKIPPED LOUDLY: the Cython extension is not built")
+    if not use_kernels:
+        monkeypatch.setattr(_blas, "_take_rows", None)
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((5, 9, 6)).astype(dtype)
+    index = rng.permutation(7).astype(np.int64)[:5]
+    views = [base, base[:, 1:8], base[:, :, 2:5], base[::2, ::-1], base[:, :, ::2]]
+    for a in views:
+        got = _blas.take_rows(a, index)
+        assert got.flags.c_contiguous and got.dtype == dtype
+        assert np.array_equal(got, a[:, index])
+        assert _blas.take_rows(a, index[:0]).shape == (a.shape[0], 0, a.shape[2])
+    flat = base.reshape(45, 6)
+    rows = np.array([44, 0, 3, 3], np.int64)
+    assert np.array_equal(_blas.take_rows(flat, rows), flat[rows])
+
+
+@pytest.mark.parametrize("bad", [9, -1, 2 ** 40])
+def test_take_rows_refuses_out_of_range_indices(bad):
+    """Every index is checked before a byte is copied (the kernel has no bounds
+    checks): IndexError, and the output untouched."""
+    if _blas._take_rows is None:
+        pytest.skip("SKIPPED LOUDLY: the Cython extension is not built")
+    a = np.ones((2, 9, 3), np.float32)
+    out = np.full((2, 3, 3), 7.0, np.float32)
+    with pytest.raises(IndexError, match="out of range"):
+        _blas._take_rows(a, np.array([0, bad, 1], np.int64), out)
+    assert (out == 7.0).all()
+    with pytest.raises(ValueError, match="expected"):
+        _blas._take_rows(a, np.array([0, 1], np.int64), out)

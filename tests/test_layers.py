@@ -99,6 +99,48 @@ def test_gradients_match_finite_differences(name, cls, opts, num_layers, bidirec
     _fd_check(layer, x, _initial_state(cls, layer, B, rng), lengths, rng)
 
 
+@pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (2, True)])
+@pytest.mark.parametrize("name,cls,opts", CELLS, ids=[c[0] for c in CELLS])
+def test_gradients_over_the_gathered_valid_steps(monkeypatch, name, cls, opts, num_layers,
+                                                 bidirectional):
+    """Where padding is a large part of a ragged batch, the weight gradients sum
+    over the gathered valid steps only (fastrnn.nn._valid_rows): forced here for
+    every ragged batch, they match finite differences, and the padded sums."""
+    from fastrnn import nn
+
+    rng = np.random.default_rng([num_layers, len(name)])
+    T, B = 6, 4
+    layer = make_layer(cls, opts, num_layers=num_layers, bidirectional=bidirectional,
+                       dtype=np.float64, backend="reference", random_state=3)
+    x = rng.standard_normal((T, B, 3))
+    lengths = np.array([6, 1, 4, 2])  # 13 of 24 steps; the full one is not first
+    hx = _initial_state(cls, layer, B, rng)
+    assert nn._valid_rows(np.sort(lengths)[::-1], T) is not None  # gathers by default
+    monkeypatch.setattr(nn, "_GATHER_BELOW_FILL", 0.0)  # padded sums
+    padded = _grads_of(layer, x, hx, lengths)
+    monkeypatch.setattr(nn, "_GATHER_BELOW_FILL", 1.01)  # gathers, even at full length
+    gathered = _grads_of(layer, x, hx, lengths)
+    for k in padded:
+        np.testing.assert_allclose(gathered[k], padded[k], rtol=1e-12, atol=1e-14)
+    _fd_check(layer, x, hx, lengths, rng)
+    _fd_check(layer, x, hx, None, rng)
+
+
+def _grads_of(layer, x, hx, lengths):
+    out, h_n = layer(x, hx, lengths=lengths)
+    layer.backward(np.ones_like(out), None)
+    return {k: v.copy() for k, v in layer.grads.items()}
+
+
+def test_valid_rows_only_where_padding_is_a_large_part():
+    from fastrnn import nn
+
+    assert nn._valid_rows(np.array([4, 4, 3]), 4) is None  # 11 of 12 steps
+    rows = nn._valid_rows(np.array([4, 2, 1]), 4)  # 7 of 12
+    mask = np.arange(4)[:, None] < np.array([4, 2, 1])[None, :]
+    assert np.array_equal(rows, np.flatnonzero(mask))
+
+
 @pytest.mark.parametrize("name,cls,opts", CELLS, ids=[c[0] for c in CELLS])
 def test_dropout_gradient_uses_the_forward_mask(name, cls, opts, rng):
     """With dropout the backward pass must use the same mask as the forward."""

@@ -1003,6 +1003,36 @@ def gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
                  b.shape[1], beta_, &c[0, 0], n)
 
 
+def take_rows(const floating[:, :, :] a, const int64_t[::1] index,
+              floating[:, :, ::1] out):
+    """``out[t, i] = a[t, index[i]]`` for every ``t`` and ``i``, without the GIL.
+
+    Not one of the six kernels: the layers sort a ragged batch by length and
+    gather the valid steps of one with it (:func:`fastrnn._blas.take_rows`).
+    NumPy's indexing holds the GIL, so the batch slices' threads took turns at
+    it. ``a``'s last axis must be contiguous (any other strides); every index
+    is checked before anything is copied.
+    """
+    cdef Py_ssize_t T = a.shape[0], n = index.shape[0], w = a.shape[2], t, i, bad = -1
+    if out.shape[0] != T or out.shape[1] != n or out.shape[2] != w:
+        raise ValueError(f"take_rows: out is ({out.shape[0]}, {out.shape[1]}, "
+                         f"{out.shape[2]}), expected ({T}, {n}, {w})")
+    if w > 1 and a.strides[2] != sizeof(floating):
+        raise ValueError("take_rows: the last axis of a must be contiguous")
+    with nogil:
+        for i in range(n):
+            if index[i] < 0 or index[i] >= a.shape[1]:
+                bad = i
+                break
+        if bad < 0 and w > 0:
+            for t in range(T):
+                for i in range(n):
+                    memcpy(&out[t, i, 0], &a[t, index[i], 0], <size_t>w * sizeof(floating))
+    if bad >= 0:
+        raise IndexError(f"take_rows: index[{bad}] = {index[bad]} is out of range for "
+                         f"{a.shape[1]} rows")
+
+
 cdef inline void _zero(floating* p, Py_ssize_t n) noexcept nogil:
     if n > 0:
         memset(p, 0, <size_t>n * sizeof(floating))
