@@ -472,7 +472,9 @@ class _RNNBase:
             w_hr_k = w_hr if w_hr is not None else np.zeros((0, 0), dt)
             peep_k = peep if peep is not None else np.zeros((0, H), dt)
             if training:
-                gates = np.empty((T, B, 4 * H), dt)
+                # the gates replace gx in place (the kernel contract allows it):
+                # no second (T, B, 4H) array to fill (S3: 0.93 of the time)
+                gates = gx
                 cs = np.empty((T, B, H), dt)
                 hc = np.empty((T, B, H), dt) if self.proj_size else none3
             else:

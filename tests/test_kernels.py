@@ -35,8 +35,10 @@ def _case(cell, dtype, seed, B=5, T=7, H=6, P=0, peephole=False, ragged=False):
     )
 
 
-def _run(k, cell, c, reverse, relu=False):
-    """Forward in training mode then backward with backend module ``k``."""
+def _run(k, cell, c, reverse, relu=False, gates_in_gx=False):
+    """Forward in training mode then backward with backend module ``k``; with
+    ``gates_in_gx`` the LSTM's gates cache is (a copy of) gx itself, as the
+    layers pass it."""
     dt = c["gx"].dtype
     T, B, H, R, G, P = (c[n] for n in "TBHRGP")
     z = lambda *s: np.zeros(s, dt)  # noqa: E731
@@ -48,8 +50,11 @@ def _run(k, cell, c, reverse, relu=False):
         k.rnn_backward(c["w_hh"], c["lengths"], reverse, relu, out, c["dout"], dh, dgx)
     elif cell == "lstm":
         cc, gates, cs = c["c0"].copy(), z(T, B, 4 * H), z(T, B, H)
+        gx = c["gx"]
+        if gates_in_gx:
+            gx = gates = gx.copy()
         hc, dhr = (z(T, B, H), z(T, B, P)) if P else (z(0, 0, 0), z(0, 0, 0))
-        k.lstm_forward(c["gx"], c["w_hh"], c["w_hr"], c["peep"], c["lengths"], reverse,
+        k.lstm_forward(gx, c["w_hh"], c["w_hr"], c["peep"], c["lengths"], reverse,
                        True, h, cc, out, gates, cs, hc)
         dc, dpeep = c["dcn"].copy(), np.full(c["peep"].shape, 7, dt)
         k.lstm_backward(c["w_hh"], c["w_hr"], c["peep"], c["lengths"], reverse, c["c0"],
@@ -182,6 +187,32 @@ def test_step_product_paths(backend, panels, dtype, cell, H, lengths):
         for name, value in inf.items():
             np.testing.assert_allclose(value, want[name], err_msg="inference " + name,
                                        **TOL[dtype])
+
+
+@pytest.mark.parametrize("backend,panels", [(b, p) for b in available_backends()
+                                            for p in _panel_settings(b)],
+                         indirect=["panels"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("H,opts", [(6, {}), (128, {}), (300, {}), (6, {"peephole": True}),
+                                    (128, {"peephole": True, "P": 5}), (6, {"P": 4})])
+def test_lstm_gates_may_be_gx_itself(backend, panels, dtype, H, opts):
+    """The contract lets the LSTM forward's gates cache be gx itself (each step
+    replaces its pre-activations; the layers pass it so): the same results as
+    separate arrays, through every step-product path (H = 300: the panels'
+    k chunks; ragged, both directions)."""
+    T, B = 10, 4
+    for reverse in (False, True):
+        c = _case("lstm", dtype, seed=H + len(opts) + reverse, B=B, T=T, H=H,
+                  ragged=True, **opts)
+        c["w_hh"] *= dtype(1 / np.sqrt(H))
+        want = _run(reference, "lstm", c, reverse)
+        got = _run(get_kernels(backend), "lstm", c, reverse, gates_in_gx=True)
+        for name, value in want.items():
+            np.testing.assert_allclose(got[name], value, err_msg=name, **TOL[dtype])
+        if panels and dtype == np.float32 and H <= 256:  # one k chunk of the panels
+            sep = _run(get_kernels(backend), "lstm", c, reverse)
+            for name, value in sep.items():
+                assert np.array_equal(got[name], value), name
 
 
 def _panels_or_skip():

@@ -934,7 +934,7 @@ cdef int _backward_weights(_StepWeights* sw, const floating* w, Py_ssize_t G,
 cdef inline bint _step_product(floating* c, const floating* h, const floating* w,
                                const _StepWeights* sw, Py_ssize_t nb, Py_ssize_t G,
                                Py_ssize_t R, const floating* add,
-                               const floating* scale) noexcept nogil:
+                               const floating* scale, bint acc=False) noexcept nogil:
     """``c (nb, G) = h (nb, R) @ w.T``, the recurrent product of one step; on the
     panels, and then also ``(c + add) * scale`` (``add`` (nb, G), ``scale`` (G,),
     either NULL), returning True; else False, and the caller adds and scales.
@@ -950,13 +950,14 @@ cdef inline bint _step_product(floating* c, const floating* h, const floating* w
         return True
     if floating is float:
         if sw.panels and _on_panels(nb, G, R):
-            fastrnn_sgemm_panels(nb, G, R, h, R, <const float*>sw.data, c, G, 0,
+            fastrnn_sgemm_panels(nb, G, R, h, R, <const float*>sw.data, c, G, acc,
                                  add, G, scale)
             return True
+    cdef floating beta = 1 if acc else 0
     if sw.data != NULL and not sw.panels and _use_transposed(nb, G, R):
-        _matmul_nn(c, h, <const floating*>sw.data, nb, G, R, 0)
+        _matmul_nn(c, h, <const floating*>sw.data, nb, G, R, beta)
     else:
-        _matmul_nt(c, h, w, nb, G, R, 0)
+        _matmul_nt(c, h, w, nb, G, R, beta)
     return False
 
 
@@ -1197,6 +1198,7 @@ def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
     cdef Py_ssize_t G = 4 * H, R = h.shape[1]
     cdef bint has_proj = w_hr.shape[0] > 0
     cdef bint has_peep = peep.shape[0] > 0
+    cdef bint in_place = False
     _expect("gx", gx.shape, 3, T, B, G)
     _expect("c", c.shape, 2, B, H)
     _expect("w_hh", w_hh.shape, 2, G, R)
@@ -1216,6 +1218,9 @@ def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
     _check_lengths(lengths, B, T)
     if T == 0 or B == 0:
         return
+    # the training cache may be gx itself: each step's gates then replace its
+    # pre-activations in place
+    in_place = training and <const void*>&gates[0, 0, 0] == <const void*>&gx[0, 0, 0]
     cdef const floating* w_p = &w_hh[0, 0]
     # (no projection / no peepholes: zero-size arrays, never read)
     cdef const floating* wr_p = &w_hr[0, 0] if has_proj else NULL
@@ -1261,7 +1266,14 @@ def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
                 gb = &gates[t, 0, 0] if training else buf
                 gr = &gx[t, 0, 0]
                 if has_peep:
-                    _step_product(gb, h_p, w_p, &sw, nb, G, R, NULL, NULL)
+                    _step_product(gb, h_p, w_p, &sw, nb, G, R, NULL, NULL, in_place)
+                elif in_place:
+                    # gates[t] holds gx[t]: the product adds to it
+                    if not _step_product(gb, h_p, w_p, &sw, nb, G, R, NULL, scale, True):
+                        for b in range(nb):
+                            for k in range(G):
+                                gb[b * G + k] = scale[k] * gb[b * G + k]
+                    _vtanh(gb, gb, nb * G)
                 else:
                     # tanh arguments of all active rows (a/2 for the sigmoid
                     # gates i, f, o; a for g), then one tanh call over them all:
@@ -1276,8 +1288,9 @@ def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
                     ar = gb + b * G
                     cr = c_p + b * H
                     if has_peep:
-                        for k in range(G):
-                            ar[k] = gr[k] + ar[k]
+                        if not in_place:
+                            for k in range(G):
+                                ar[k] = gr[k] + ar[k]
                         for j in range(H):
                             cp = cr[j]
                             ar[j] = half * (ar[j] + p0[j] * cp)
