@@ -35,10 +35,10 @@ def _case(cell, dtype, seed, B=5, T=7, H=6, P=0, peephole=False, ragged=False):
     )
 
 
-def _run(k, cell, c, reverse, relu=False, gates_in_gx=False):
+def _run(k, cell, c, reverse, relu=False, in_gx=False):
     """Forward in training mode then backward with backend module ``k``; with
-    ``gates_in_gx`` the LSTM's gates cache is (a copy of) gx itself, as the
-    layers pass it."""
+    ``in_gx`` the RNN's out, or the LSTM's gates cache, is (a copy of) gx
+    itself, as the layers pass them."""
     dt = c["gx"].dtype
     T, B, H, R, G, P = (c[n] for n in "TBHRGP")
     z = lambda *s: np.zeros(s, dt)  # noqa: E731
@@ -46,12 +46,15 @@ def _run(k, cell, c, reverse, relu=False, gates_in_gx=False):
     h, out = c["h0"].copy(), z(T, B, R)
     dh, dgx = c["dhn"].copy(), z(T, B, G * H)
     if cell == "rnn":
-        k.rnn_forward(c["gx"], c["w_hh"], c["lengths"], reverse, relu, h, out)
+        gx = c["gx"]
+        if in_gx:
+            gx = out = gx.copy()
+        k.rnn_forward(gx, c["w_hh"], c["lengths"], reverse, relu, h, out)
         k.rnn_backward(c["w_hh"], c["lengths"], reverse, relu, out, c["dout"], dh, dgx)
     elif cell == "lstm":
         cc, gates, cs = c["c0"].copy(), z(T, B, 4 * H), z(T, B, H)
         gx = c["gx"]
-        if gates_in_gx:
+        if in_gx:
             gx = gates = gx.copy()
         hc, dhr = (z(T, B, H), z(T, B, P)) if P else (z(0, 0, 0), z(0, 0, 0))
         k.lstm_forward(gx, c["w_hh"], c["w_hr"], c["peep"], c["lengths"], reverse,
@@ -193,24 +196,26 @@ def test_step_product_paths(backend, panels, dtype, cell, H, lengths):
                                             for p in _panel_settings(b)],
                          indirect=["panels"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("H,opts", [(6, {}), (128, {}), (300, {}), (6, {"peephole": True}),
-                                    (128, {"peephole": True, "P": 5}), (6, {"P": 4})])
-def test_lstm_gates_may_be_gx_itself(backend, panels, dtype, H, opts):
-    """The contract lets the LSTM forward's gates cache be gx itself (each step
-    replaces its pre-activations; the layers pass it so): the same results as
-    separate arrays, through every step-product path (H = 300: the panels'
-    k chunks; ragged, both directions)."""
+@pytest.mark.parametrize("cell,H,opts", [
+    ("lstm", 6, {}), ("lstm", 128, {}), ("lstm", 300, {}), ("lstm", 6, {"peephole": True}),
+    ("lstm", 128, {"peephole": True, "P": 5}), ("lstm", 6, {"P": 4}),
+    ("rnn", 6, {}), ("rnn", 128, {}), ("rnn", 300, {})])
+def test_output_may_be_gx_itself(backend, panels, dtype, cell, H, opts):
+    """The contract lets the RNN forward's out, and the LSTM forward's gates
+    cache, be gx itself (each step replaces its pre-activations; the layers
+    pass them so): the same results as separate arrays, through every
+    step-product path (H = 300: the panels' k chunks; ragged, both directions)."""
     T, B = 10, 4
     for reverse in (False, True):
-        c = _case("lstm", dtype, seed=H + len(opts) + reverse, B=B, T=T, H=H,
+        c = _case(cell, dtype, seed=H + len(opts) + reverse, B=B, T=T, H=H,
                   ragged=True, **opts)
         c["w_hh"] *= dtype(1 / np.sqrt(H))
-        want = _run(reference, "lstm", c, reverse)
-        got = _run(get_kernels(backend), "lstm", c, reverse, gates_in_gx=True)
+        want = _run(reference, cell, c, reverse)
+        got = _run(get_kernels(backend), cell, c, reverse, in_gx=True)
         for name, value in want.items():
             np.testing.assert_allclose(got[name], value, err_msg=name, **TOL[dtype])
         if panels and dtype == np.float32 and H <= 256:  # one k chunk of the panels
-            sep = _run(get_kernels(backend), "lstm", c, reverse)
+            sep = _run(get_kernels(backend), cell, c, reverse)
             for name, value in sep.items():
                 assert np.array_equal(got[name], value), name
 

@@ -22,9 +22,9 @@ projection). All arrays are C-contiguous and of one floating dtype (float32
 or float64), except ``lengths`` (int64) and the two flags. The arrays a
 kernel writes must not overlap any other argument: backends may use them as
 work space during a step (the Cython forwards work each step's gates out in
-``gates`` itself). One exception: the LSTM forward's ``gates`` may be ``gx``
-itself (the layers pass it so in training), each step's gates then replacing
-its pre-activations.
+``gates`` itself). Two exceptions, which the layers use: the RNN forward's
+``out`` and the LSTM forward's ``gates`` (in training) may be ``gx`` itself,
+each step's output or gates then replacing its pre-activations.
 
 ``gx``    (T, B, G*H)  input pre-activations ``x @ W_ih.T + b_ih + b_hh``; for
                        the GRU only ``b_hh``'s r and z parts are folded in,
