@@ -53,17 +53,21 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, accumulate=False):
 
 
 def take_rows(a, index):
-    """``a[:, index]`` for a 3-D float array (``a[index]`` for a 2-D one) and an
-    int64 index: a new C-contiguous array. Copied without the GIL where the
-    Cython extension is built, since the batch slices' threads gather at once;
-    ``a`` may be any view whose last axis is contiguous."""
+    """``a[:, index]`` for a 3-D float array (``a[index]`` for a 2-D one): a new
+    C-contiguous array. ``index`` holds int64 positions in ``[0, n)``; unlike
+    NumPy's, a negative one is refused (``IndexError``), not counted from the
+    end. Copied without the GIL where the Cython extension is built, since
+    the batch slices' threads gather at once; ``a`` may be any view whose
+    last axis is contiguous (others go through NumPy)."""
     flat = a.ndim == 2
     a3 = a[None] if flat else a
     if (_take_rows is not None and a3.dtype in (np.float32, np.float64)
             and index.dtype == np.int64 and a3.strides[2] == a3.itemsize):
         out = np.empty((a3.shape[0], index.shape[0], a3.shape[2]), a3.dtype)
-        _take_rows(a3, index, out)
+        _take_rows(a3, np.ascontiguousarray(index), out)
         return out[0] if flat else out
+    if index.size and index.min() < 0:
+        raise IndexError(f"take_rows: negative index {index.min()}")
     return np.ascontiguousarray(a[index] if flat else a[:, index])
 
 

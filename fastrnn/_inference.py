@@ -15,6 +15,7 @@ or ``_y_multi`` (per step).
 """
 
 import os
+import warnings
 
 import numpy as np
 
@@ -27,9 +28,35 @@ PREDICT_CHUNK = 2048
 
 
 class Inference:
-    """Input checks and the network's forward pass, in chunks, on ``n_jobs`` threads."""
+    """Input checks and the network's forward pass, in chunks, on ``n_jobs`` threads;
+    pickles with the fastrnn version, and warns when unpickled by another."""
 
     _per_step = False
+
+    def __getstate__(self):
+        from . import __version__
+
+        parent = getattr(super(), "__getstate__", None)  # object's: Python >= 3.11
+        state = dict(parent() if parent is not None else self.__dict__)
+        state["_fastrnn_version"] = __version__
+        return state
+
+    def __setstate__(self, state):
+        from . import __version__
+        from ._persist import InconsistentVersionWarning
+
+        state = dict(state)
+        version = state.pop("_fastrnn_version", None)
+        if version != __version__:
+            warnings.warn(f"Trying to unpickle {type(self).__name__} from fastrnn version "
+                          f"{version} when using version {__version__}. This might lead "
+                          "to breaking code or invalid results. Use at your own risk.",
+                          InconsistentVersionWarning)
+        parent = getattr(super(), "__setstate__", None)  # scikit-learn's, for estimators
+        if parent is not None:
+            parent(state)
+        else:
+            self.__dict__.update(state)
 
     def _validate_X(self, X):
         return validate_sequences(self, X, reset=False, dtype=self._network.dtype)

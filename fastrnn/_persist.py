@@ -365,7 +365,14 @@ def _serving_params(params, per_step):
     keys = _SERVING_PARAMS + (() if per_step else ("pooling",))
     missing = [k for k in keys if k not in params]
     _expect(not missing, f"params: missing {missing}")
+    # the per-step estimators have no pooling: a file that disagrees was
+    # relabelled (and pooling=None would mean per-step output)
+    _expect(("pooling" in params) != per_step,
+            "params.pooling: present for a per-step estimator"
+            if per_step else "params.pooling: missing")
     p = {k: params[k] for k in keys}
+    _expect(per_step or isinstance(p["pooling"], str),
+            f"params.pooling: expected a string, got {p.get('pooling')!r}")
     _expect(isinstance(p["bidirectional"], bool), "params.bidirectional: expected a bool")
     n_jobs = p["n_jobs"]
     _expect(n_jobs is None or (isinstance(n_jobs, int) and n_jobs != 0),

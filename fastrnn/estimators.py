@@ -348,26 +348,6 @@ class _BaseRNN(Inference, BaseEstimator):
 
         save_model(self, path)
 
-    def __getstate__(self):
-        from . import __version__
-
-        state = super().__getstate__()
-        state["_fastrnn_version"] = __version__
-        return state
-
-    def __setstate__(self, state):
-        from . import __version__
-        from ._persist import InconsistentVersionWarning
-
-        state = dict(state)
-        version = state.pop("_fastrnn_version", None)
-        if version != __version__:
-            warnings.warn(f"Trying to unpickle {type(self).__name__} from fastrnn version "
-                          f"{version} when using version {__version__}. This might lead "
-                          "to breaking code or invalid results. Use at your own risk.",
-                          InconsistentVersionWarning)
-        super().__setstate__(state)
-
     # The trained network owns the weights; these views stay in step with it
     # through further training and survive pickling as one set of arrays.
     def _fitted_network(self, attr):

@@ -13,12 +13,16 @@ same checks, and returns a :class:`ClassifierPredictor` or a
 :class:`RegressorPredictor`. Its ``predict`` (and ``predict_proba``,
 ``predict_log_proba`` for classifiers) is the estimator's own code: the same
 numbers, bit for bit, on the same kernel backend, and the same input formats
-and checks. Input that is a float ndarray, or a list of them, is checked with
-NumPy alone; other input (a pandas DataFrame, nested lists, integer arrays)
-imports scikit-learn's checks on first use, as the estimator would.
+and checks (messages name the predictor's class). Input that is a float
+ndarray, a list of them or a regular nested list is checked with NumPy alone;
+ragged nested lists, integer arrays, DataFrames and any input to a model
+fitted on a DataFrame import scikit-learn's checks on first use, as the
+estimator would.
 
-A predictor is immutable apart from ``n_jobs``; it can be used from several
-threads at once (the kernels release the GIL), and it pickles.
+A predictor is not meant to be changed apart from ``n_jobs``. It can be used
+from several threads at once (the kernels release the GIL); it pickles, and
+warns (``InconsistentVersionWarning``) when unpickled by another fastrnn
+version.
 """
 
 from ._inference import ClassifierInference, Inference, RegressorInference

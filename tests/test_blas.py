@@ -161,6 +161,10 @@ def test_take_rows_matches_numpy_indexing(monkeypatch, use_kernels, dtype):
     flat = base.reshape(45, 6)
     rows = np.array([44, 0, 3, 3], np.int64)
     assert np.array_equal(_blas.take_rows(flat, rows), flat[rows])
+    strided = np.arange(8, dtype=np.int64)[::2]  # a non-contiguous index
+    assert np.array_equal(_blas.take_rows(base, strided), base[:, strided])
+    with pytest.raises(IndexError):  # unlike NumPy, never counted from the end
+        _blas.take_rows(base, np.array([0, -1], np.int64))
 
 
 @pytest.mark.parametrize("bad", [9, -1, 2 ** 40])
@@ -176,3 +180,39 @@ def test_take_rows_refuses_out_of_range_indices(bad):
     assert (out == 7.0).all()
     with pytest.raises(ValueError, match="expected"):
         _blas._take_rows(a, np.array([0, 1], np.int64), out)
+
+
+def test_preload_is_safe_against_a_concurrent_import():
+    """While fastrnn loads cython_blas (its exec widened here by a sleep), another
+    thread importing scipy.linalg waits for the finished module, as it would for
+    any import, instead of taking a half-made one."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, threading, time, importlib.machinery as M
+orig = M.ExtensionFileLoader.exec_module
+def slow(self, module):
+    if module.__name__ == "scipy.linalg.cython_blas":
+        time.sleep(0.3)
+    return orig(self, module)
+M.ExtensionFileLoader.exec_module = slow
+errors = []
+def other():
+    time.sleep(0.1)
+    try:
+        import scipy.linalg
+        from scipy.linalg import cython_blas, lu_factor
+        cython_blas.__pyx_capi__
+    except BaseException as exc:
+        errors.append(repr(exc))
+import scipy, numpy
+thread = threading.Thread(target=other)
+thread.start()
+import fastrnn.nn
+thread.join()
+assert not errors, errors
+import scipy.linalg
+assert scipy.linalg.cython_blas is sys.modules["scipy.linalg.cython_blas"]
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -267,6 +267,46 @@ np.savez({str(tmp_path / 'out.npz')!r}, *out)
         assert a.dtype == b.dtype and np.array_equal(a, b)
 
 
+def test_predictor_refuses_a_relabelled_estimator(saved, tmp_path):
+    """A sequence-level file relabelled per-step (or the reverse) has the other
+    kind's parameters: both loaders refuse it, whatever its arrays."""
+    path = _write(tmp_path / "bad", _with_meta(
+        _members(saved), lambda d: d.update(estimator="RNNSequenceClassifier")))
+    for load in (fastrnn.load, fastrnn.load_predictor):
+        with pytest.raises(ModelFileError):
+            load(path)
+    seq = _fit(RNNSequenceRegressor)
+    seq.save(tmp_path / "seq")
+    path = _write(tmp_path / "bad2", _with_meta(
+        _members(tmp_path / "seq"), lambda d: d.update(estimator="RNNRegressor")))
+    for load in (fastrnn.load, fastrnn.load_predictor):
+        with pytest.raises(ModelFileError):
+            load(path)
+
+
+def test_kinds_table_matches_the_estimators():
+    """The loader's table of estimator kinds (known without importing
+    scikit-learn) agrees with the classes."""
+    from fastrnn._inference import ClassifierInference
+    from fastrnn._persist import _KINDS
+
+    for cls in (RNNClassifier, RNNRegressor, RNNSequenceClassifier, RNNSequenceRegressor):
+        assert _KINDS[cls.__name__] == (issubclass(cls, ClassifierInference),
+                                        cls._per_step)
+    assert len(_KINDS) == 4
+
+
+def test_pickled_predictor_from_other_version_warns(saved, monkeypatch):
+    data = pickle.dumps(fastrnn.load_predictor(saved))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = pickle.loads(data)  # same version: no warning
+    assert "_fastrnn_version" not in vars(again)
+    monkeypatch.setattr(fastrnn, "__version__", "0.0.1")
+    with pytest.warns(InconsistentVersionWarning, match="ClassifierPredictor"):
+        pickle.loads(data)
+
+
 @pytest.mark.parametrize("make_X", [
     lambda: X3[:, :, :2],                          # features per step
     lambda: X3[:, :, 0],                           # a 2-D array to a 3-D fit
@@ -470,7 +510,7 @@ def test_tampered_file_raises_model_file_error(saved, tmp_path, name):
 
 @pytest.mark.parametrize("param,value", [
     ("bidirectional", 1), ("bidirectional", "yes"), ("n_jobs", 0), ("n_jobs", 1.5), ("backend", 3), ("backend", "torch"), ("bidirectional_merge", "mul"),
-    ("pooling", "median"), ("cell", None), ("hidden_layer_sizes", [4, 0]),
+    ("pooling", "median"), ("pooling", None), ("cell", None), ("hidden_layer_sizes", [4, 0]),
     ("hidden_layer_sizes", "4"), ("dtype", "float16"),
 ])
 def test_predictor_checks_the_parameters_it_uses(saved, tmp_path, param, value):

@@ -42,10 +42,19 @@ class _AttachToPackage:
 
 def preload():
     """Load ``scipy.linalg.cython_blas`` without ``scipy.linalg``'s ``__init__``,
-    if neither is imported yet; return whether it did."""
+    if neither is imported yet; return whether it did.
+
+    The loading follows the import system's own protocol (its private
+    ``_ModuleLockManager`` and ``_load_unlocked``, as ``importlib`` loads any
+    module): under the module's lock, marked as initialising, so that another
+    thread importing it meanwhile waits for the finished module rather than
+    taking a half-made one.
+    """
     if "scipy.linalg" in sys.modules or _NAME in sys.modules:
         return False
     try:
+        from importlib import _bootstrap
+
         import scipy  # the package only: light
 
         directory = os.path.join(os.path.dirname(scipy.__file__), "linalg")
@@ -54,14 +63,11 @@ def preload():
                                           importlib.machinery.ExtensionFileLoader):
             return False
         spec = importlib.util.spec_from_file_location(_NAME, spec.origin)
-        module = importlib.util.module_from_spec(spec)
-    except Exception:  # noqa: BLE001 (any surprise: the ordinary import runs)
-        return False
-    sys.modules[_NAME] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception:  # noqa: BLE001 (the ordinary import will say what is wrong)
-        del sys.modules[_NAME]
+        with _bootstrap._ModuleLockManager(_NAME):
+            if "scipy.linalg" in sys.modules or _NAME in sys.modules:
+                return False  # another thread was first
+            _bootstrap._load_unlocked(spec)  # in sys.modules only once complete
+    except Exception:  # noqa: BLE001 (the ordinary import runs, and says what is wrong)
         return False
     sys.meta_path.insert(0, _AttachToPackage())
     return True
