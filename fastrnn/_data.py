@@ -137,19 +137,19 @@ def validate_sequences(estimator, X, *, reset, dtype):
 
                 arr = validate_data(estimator, X, reset=True, dtype=FLOAT_DTYPES,
                                     ensure_all_finite=False)
-            elif getattr(estimator, "_fit_2d", False):
-                # validate_data's checks without its estimator tags, so that a
-                # predictor of fastrnn.serving (not a scikit-learn estimator)
-                # checks the same
+            else:
+                # after a 2-D fit, validate_data's checks without its estimator
+                # tags, so that a predictor of fastrnn.serving (not a
+                # scikit-learn estimator) checks the same
                 from sklearn.utils.validation import _check_feature_names, _check_n_features
 
-                _check_feature_names(estimator, X, reset=False)
+                fit_2d = getattr(estimator, "_fit_2d", False)
+                if fit_2d:
+                    _check_feature_names(estimator, X, reset=False)
                 arr = check_array(X, dtype=FLOAT_DTYPES, input_name="X",
                                   ensure_all_finite=False)
-                _check_n_features(estimator, arr, reset=False)
-            else:
-                arr = check_array(X, dtype=FLOAT_DTYPES, input_name="X",
-                                  ensure_all_finite=False)
+                if fit_2d:
+                    _check_n_features(estimator, arr, reset=False)
             check_finite(arr, dtype, "Input X")
             data = np.ascontiguousarray(arr.T[:, :, None], dtype=dtype)
             seqs = Sequences(data, np.full(arr.shape[0], arr.shape[1], np.int64),

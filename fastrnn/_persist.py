@@ -431,6 +431,7 @@ def load_model(path, *, predictor=False):
 def _load(fh, file_size, predictor):
     import io
 
+    from ._inference import ClassifierInference, RegressorInference
     from ._network import network_from_params
 
     with zipfile.ZipFile(fh) as zf:
@@ -506,7 +507,8 @@ def _load(fh, file_size, predictor):
                 and net_meta.get("n_head_inputs") == n_head, "network metadata mismatch")
 
         net = network_from_params(net_params, n_step, n_out, per_step=per_step,
-                                  loss="log_loss" if is_clf else "squared_error",
+                                  loss=(ClassifierInference if is_clf
+                                        else RegressorInference)._loss,
                                   rng=np.random.RandomState(0))
         expected = {name: p for name, p in net.named_parameters()}
         want_names = list(expected) + (["classes_"] if is_clf else [])

@@ -460,12 +460,12 @@ class _RNNBase:
             gx = matmul(inp.reshape(T * B, D), w_ih, trans_b=True)
         gx = gx.reshape(T, B, G * H)
         reverse = bool(d)
-        out = None if self._cell == "rnn" else np.empty((T, B, R), self.dtype)
+        # the RNN's output replaces gx in place (the kernel contract allows it)
+        out = gx if self._cell == "rnn" else np.empty((T, B, R), self.dtype)
         dt = self.dtype
         none3 = np.zeros((0, 0, 0), dt)
         cache = None
         if self._cell == "rnn":
-            out = gx  # the kernel contract allows it: one (T, B, H) array less
             kernels.rnn_forward(gx, w_hh, lengths, reverse,
                                 self.nonlinearity == "relu", h, out)
             cache = {}

@@ -1265,23 +1265,20 @@ def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
                 # cache itself when there is one
                 gb = &gates[t, 0, 0] if training else buf
                 gr = &gx[t, 0, 0]
+                # in place, gates[t] holds gx[t] and the product adds to it
                 if has_peep:
                     _step_product(gb, h_p, w_p, &sw, nb, G, R, NULL, NULL, in_place)
-                elif in_place:
-                    # gates[t] holds gx[t]: the product adds to it
-                    if not _step_product(gb, h_p, w_p, &sw, nb, G, R, NULL, scale, True):
-                        for b in range(nb):
-                            for k in range(G):
-                                gb[b * G + k] = scale[k] * gb[b * G + k]
-                    _vtanh(gb, gb, nb * G)
                 else:
                     # tanh arguments of all active rows (a/2 for the sigmoid
                     # gates i, f, o; a for g), then one tanh call over them all:
                     # the rows of gx[t] and gb are one contiguous block
-                    if not _step_product(gb, h_p, w_p, &sw, nb, G, R, gr, scale):
+                    if not _step_product(gb, h_p, w_p, &sw, nb, G, R,
+                                         NULL if in_place else gr, scale, in_place):
                         for b in range(nb):
                             for k in range(G):
-                                gb[b * G + k] = scale[k] * (gr[b * G + k] + gb[b * G + k])
+                                gb[b * G + k] = scale[k] * (
+                                    gb[b * G + k] if in_place
+                                    else gr[b * G + k] + gb[b * G + k])
                     _vtanh(gb, gb, nb * G)
                 for b in range(nb):
                     gr = &gx[t, b, 0]
