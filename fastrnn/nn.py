@@ -416,11 +416,12 @@ class _RNNBase:
                 p.get(f"weight_hr_{sfx}"), p.get(f"weight_peephole_{sfx}"), sfx)
 
     def _forward_direction(self, kernels, inp, k, d, lengths, h, c, training):
-        """One layer, one direction: input GEMM, then the recurrent kernel.
+        """One layer, one direction: the recurrent kernel, input projection included.
 
         In eval mode the steps go in blocks of ``_config.INFERENCE_BLOCK_STEPS``,
-        each its own GEMM and kernel call with the running state carried over,
-        so the gate pre-activations never take more than one block's memory.
+        each its own kernel call with the running state carried over, so that
+        the gate pre-activations never take more than one block's memory where
+        a kernel computes them over all its steps at once.
         Returns the output (T, B, R) and, in training mode, the kernel caches.
         """
         T, B, _ = inp.shape
@@ -442,46 +443,38 @@ class _RNNBase:
         return out, None
 
     def _forward_block(self, kernels, inp, k, d, lengths, h, c, training):
-        """Input GEMM and recurrent kernel over all of ``inp``'s steps; ``h`` and
-        ``c`` (C-contiguous) are carried in place."""
+        """Recurrent kernel over all of ``inp``'s steps, input projection
+        included; ``h`` and ``c`` (C-contiguous) are carried in place."""
         T, B, D = inp.shape
         w_ih, w_hh, b_ih, b_hh, w_hr, peep, _ = self._weights(k, d)
         H, R, G = self.hidden_size, self._state_size, _GATES[self._cell]
+        dt = self.dtype
         if self.bias:
-            # the product is added to the bias (one pass fewer over gx than
-            # adding the bias to the product afterwards)
             bias = b_ih + b_hh
             if self._cell == "gru":
                 bias[2 * H:] = b_ih[2 * H:]  # b_hn stays in the reset product
-            gx = np.empty((T * B, G * H), self.dtype)
-            gx[...] = bias
-            matmul(inp.reshape(T * B, D), w_ih, trans_b=True, out=gx, accumulate=True)
         else:
-            gx = matmul(inp.reshape(T * B, D), w_ih, trans_b=True)
-        gx = gx.reshape(T, B, G * H)
+            bias = np.zeros(G * H, dt)
+        x, w_ih = np.ascontiguousarray(inp), np.ascontiguousarray(w_ih)
         reverse = bool(d)
-        # the RNN's output replaces gx in place (the kernel contract allows it)
-        out = gx if self._cell == "rnn" else np.empty((T, B, R), self.dtype)
-        dt = self.dtype
+        out = np.empty((T, B, R), dt)
         none3 = np.zeros((0, 0, 0), dt)
         cache = None
         if self._cell == "rnn":
-            kernels.rnn_forward(gx, w_hh, lengths, reverse,
+            kernels.rnn_forward(x, w_ih, bias, w_hh, lengths, reverse,
                                 self.nonlinearity == "relu", h, out)
             cache = {}
         elif self._cell == "lstm":
             w_hr_k = w_hr if w_hr is not None else np.zeros((0, 0), dt)
             peep_k = peep if peep is not None else np.zeros((0, H), dt)
             if training:
-                # the gates replace gx in place (the kernel contract allows it):
-                # no second (T, B, 4H) array to fill (S3: 0.93 of the time)
-                gates = gx
+                gates = np.empty((T, B, 4 * H), dt)
                 cs = np.empty((T, B, H), dt)
                 hc = np.empty((T, B, H), dt) if self.proj_size else none3
             else:
                 gates = cs = hc = none3
-            kernels.lstm_forward(gx, w_hh, w_hr_k, peep_k, lengths, reverse, training,
-                                 h, c, out, gates, cs, hc)
+            kernels.lstm_forward(x, w_ih, bias, w_hh, w_hr_k, peep_k, lengths, reverse,
+                                 training, h, c, out, gates, cs, hc)
             cache = dict(gates=gates, cs=cs, hc=hc, w_hr=w_hr_k, peep=peep_k)
         else:
             b_hn = b_hh[2 * H:] if self.bias else np.zeros(H, dt)
@@ -490,8 +483,8 @@ class _RNNBase:
                 ghn = np.empty((T, B, H), dt)
             else:
                 gates = ghn = none3
-            kernels.gru_forward(gx, w_hh, b_hn, lengths, reverse, training, h, out,
-                                gates, ghn)
+            kernels.gru_forward(x, w_ih, bias, w_hh, b_hn, lengths, reverse, training,
+                                h, out, gates, ghn)
             cache = dict(gates=gates, ghn=ghn)
         return out, (cache if training else None)
 

@@ -17,7 +17,7 @@ BACKENDS = [b for b in available_backends() if b != "reference"]
 TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
 
 
-def _case(cell, dtype, seed, B=5, T=7, H=6, P=0, peephole=False, ragged=False):
+def _case(cell, dtype, seed, B=5, T=7, H=6, P=0, D=3, peephole=False, ragged=False):
     rng = np.random.default_rng(seed)
     G = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
     R = P or H
@@ -28,36 +28,30 @@ def _case(cell, dtype, seed, B=5, T=7, H=6, P=0, peephole=False, ragged=False):
     lengths = (np.sort(rng.integers(1, T + 1, B))[::-1] if ragged
                else np.full(B, T)).astype(np.int64).copy()
     return dict(
-        gx=a(T, B, G * H, scale=1.5), w_hh=a(G * H, R), w_hr=a(P, H) if P else a(0, 0),
+        x=a(T, B, D, scale=1.0), w_ih=a(G * H, D, scale=1 / np.sqrt(D)), bias=a(G * H),
+        w_hh=a(G * H, R), w_hr=a(P, H) if P else a(0, 0),
         peep=a(3, H) if peephole else a(0, H), b_hn=a(H), lengths=lengths,
         h0=a(B, R), c0=a(B, H), dout=a(T, B, R), dhn=a(B, R), dcn=a(B, H),
         T=T, B=B, H=H, R=R, G=G, P=P,
     )
 
 
-def _run(k, cell, c, reverse, relu=False, in_gx=False):
-    """Forward in training mode then backward with backend module ``k``; with
-    ``in_gx`` the RNN's out, or the LSTM's gates cache, is (a copy of) gx
-    itself, as the layers pass them."""
-    dt = c["gx"].dtype
+def _run(k, cell, c, reverse, relu=False):
+    """Forward in training mode then backward with backend module ``k``."""
+    dt = c["x"].dtype
     T, B, H, R, G, P = (c[n] for n in "TBHRGP")
     z = lambda *s: np.zeros(s, dt)  # noqa: E731
     res = {}
     h, out = c["h0"].copy(), z(T, B, R)
     dh, dgx = c["dhn"].copy(), z(T, B, G * H)
+    inp = c["x"], c["w_ih"], c["bias"]
     if cell == "rnn":
-        gx = c["gx"]
-        if in_gx:
-            gx = out = gx.copy()
-        k.rnn_forward(gx, c["w_hh"], c["lengths"], reverse, relu, h, out)
+        k.rnn_forward(*inp, c["w_hh"], c["lengths"], reverse, relu, h, out)
         k.rnn_backward(c["w_hh"], c["lengths"], reverse, relu, out, c["dout"], dh, dgx)
     elif cell == "lstm":
         cc, gates, cs = c["c0"].copy(), z(T, B, 4 * H), z(T, B, H)
-        gx = c["gx"]
-        if in_gx:
-            gx = gates = gx.copy()
         hc, dhr = (z(T, B, H), z(T, B, P)) if P else (z(0, 0, 0), z(0, 0, 0))
-        k.lstm_forward(gx, c["w_hh"], c["w_hr"], c["peep"], c["lengths"], reverse,
+        k.lstm_forward(*inp, c["w_hh"], c["w_hr"], c["peep"], c["lengths"], reverse,
                        True, h, cc, out, gates, cs, hc)
         dc, dpeep = c["dcn"].copy(), np.full(c["peep"].shape, 7, dt)
         k.lstm_backward(c["w_hh"], c["w_hr"], c["peep"], c["lengths"], reverse, c["c0"],
@@ -65,7 +59,7 @@ def _run(k, cell, c, reverse, relu=False, in_gx=False):
         res.update(c=cc, gates=gates, cs=cs, hc=hc, dc=dc, dpeep=dpeep, dhr=dhr)
     else:
         gates, ghn, dgh = z(T, B, 3 * H), z(T, B, H), z(T, B, 3 * H)
-        k.gru_forward(c["gx"], c["w_hh"], c["b_hn"], c["lengths"], reverse, True, h, out,
+        k.gru_forward(*inp, c["w_hh"], c["b_hn"], c["lengths"], reverse, True, h, out,
                       gates, ghn)
         k.gru_backward(c["w_hh"], c["lengths"], reverse, c["h0"], out, gates, ghn,
                        c["dout"], dh, dgx, dgh)
@@ -76,18 +70,19 @@ def _run(k, cell, c, reverse, relu=False, in_gx=False):
 
 def _inference(k, cell, c, reverse, relu=False):
     """Forward with ``training=False`` and zero-size caches."""
-    dt = c["gx"].dtype
+    dt = c["x"].dtype
     h, out = c["h0"].copy(), np.zeros((c["T"], c["B"], c["R"]), dt)
     e = np.zeros((0, 0, 0), dt)
+    inp = c["x"], c["w_ih"], c["bias"]
     if cell == "rnn":
-        k.rnn_forward(c["gx"], c["w_hh"], c["lengths"], reverse, relu, h, out)
+        k.rnn_forward(*inp, c["w_hh"], c["lengths"], reverse, relu, h, out)
         return dict(h=h, out=out)
     if cell == "lstm":
         cc = c["c0"].copy()
-        k.lstm_forward(c["gx"], c["w_hh"], c["w_hr"], c["peep"], c["lengths"], reverse,
+        k.lstm_forward(*inp, c["w_hh"], c["w_hr"], c["peep"], c["lengths"], reverse,
                        False, h, cc, out, e, e, e)
         return dict(h=h, c=cc, out=out)
-    k.gru_forward(c["gx"], c["w_hh"], c["b_hn"], c["lengths"], reverse, False, h, out, e, e)
+    k.gru_forward(*inp, c["w_hh"], c["b_hn"], c["lengths"], reverse, False, h, out, e, e)
     return dict(h=h, out=out)
 
 
@@ -165,13 +160,15 @@ def panels(request):
     (160, [12]),                      # the RNN's GEMV through it, the GRU's and LSTM's not
     (128, [12] + list(range(10, 0, -1)) * 2),  # 21 -> 1 active: plain GEMM, copy,
                                                   # and (LSTM) plain GEMV at the end
-    (260, [12, 5]),   # LSTM: panels for two rows, BLAS's GEMV for one (> 2^18 weights)
+    (260, [12, 5]),   # LSTM: the input projection fused (panels also for one row)
+    (260, [12]),      # LSTM: one sample, > 2^18 weights: not fused, BLAS's GEMV
 ])
 def test_step_product_paths(backend, panels, dtype, cell, H, lengths):
     """Calls of T = 12 >= 8 steps, in which the Cython backend prepares W_hh
     once per call: in float32 packed panels when on (forward and backward;
-    every row count from the active batch down to one sample), else in the
-    forward a transposed copy for small step products (below 2^20
+    every row count from the active batch down to one sample; the forward's
+    panels hold W_ih too, its input projection fused into the steps), else in
+    the forward a transposed copy for small step products (below 2^20
     multiply-adds, or 2^16 weights for one sample), with lengths that move a
     call between the copy and the plain product as the active batch shrinks."""
     T, B = 12, len(lengths)
@@ -192,32 +189,52 @@ def test_step_product_paths(backend, panels, dtype, cell, H, lengths):
                                        **TOL[dtype])
 
 
-@pytest.mark.parametrize("backend,panels", [(b, p) for b in available_backends()
+@pytest.mark.parametrize("backend,panels", [(b, p) for b in BACKENDS
                                             for p in _panel_settings(b)],
                          indirect=["panels"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("cell,H,opts", [
-    ("lstm", 6, {}), ("lstm", 128, {}), ("lstm", 300, {}), ("lstm", 6, {"peephole": True}),
-    ("lstm", 128, {"peephole": True, "P": 5}), ("lstm", 6, {"P": 4}),
-    ("rnn", 6, {}), ("rnn", 128, {}), ("rnn", 300, {})])
-def test_output_may_be_gx_itself(backend, panels, dtype, cell, H, opts):
-    """The contract lets the RNN forward's out, and the LSTM forward's gates
-    cache, be gx itself (each step replaces its pre-activations; the layers
-    pass them so): the same results as separate arrays, through every
-    step-product path (H = 300: the panels' k chunks; ragged, both directions)."""
-    T, B = 10, 4
-    for reverse in (False, True):
-        c = _case(cell, dtype, seed=H + len(opts) + reverse, B=B, T=T, H=H,
-                  ragged=True, **opts)
+@pytest.mark.parametrize("cell,H,D,opts", [
+    ("lstm", 6, 3, {}), ("lstm", 128, 32, {}), ("lstm", 128, 200, {}),
+    ("lstm", 300, 1, {}), ("lstm", 6, 40, {"peephole": True}),
+    ("lstm", 128, 32, {"peephole": True, "P": 5}), ("lstm", 6, 3, {"P": 4}),
+    ("rnn", 6, 3, {}), ("rnn", 128, 32, {}), ("rnn", 300, 7, {}),
+    ("gru", 6, 3, {}), ("gru", 128, 32, {})])
+def test_input_projection_paths(backend, panels, dtype, cell, H, D, opts):
+    """The forwards' input terms ``x_t @ W_ih.T + bias``, in calls of T = 10
+    steps: with the Cython backend's panels on (float32) fused into each
+    step's product over ``[h | x_t]`` (R + D over 256: the panels' chunks of
+    k), else from one product over all steps kept in ``out`` or ``gates``
+    until each step replaces them; ragged lengths, both directions, a batch
+    and one sample."""
+    T = 10
+    for B, reverse in [(4, False), (4, True), (1, False)]:
+        c = _case(cell, dtype, seed=H + D + len(opts) + reverse + B, B=B, T=T, H=H,
+                  D=D, ragged=B > 1, **opts)
         c["w_hh"] *= dtype(1 / np.sqrt(H))
         want = _run(reference, cell, c, reverse)
-        got = _run(get_kernels(backend), cell, c, reverse, in_gx=True)
+        got = _run(get_kernels(backend), cell, c, reverse)
         for name, value in want.items():
             np.testing.assert_allclose(got[name], value, err_msg=name, **TOL[dtype])
-        if panels and dtype == np.float32 and H <= 256:  # one k chunk of the panels
-            sep = _run(get_kernels(backend), cell, c, reverse)
-            for name, value in sep.items():
-                assert np.array_equal(got[name], value), name
+        inf = _inference(get_kernels(backend), cell, c, reverse)
+        for name, value in inf.items():
+            np.testing.assert_allclose(value, want[name], err_msg="inference " + name,
+                                       **TOL[dtype])
+
+
+def test_forward_checks_its_input_side():
+    """``x`` needs a feature; ``w_ih`` and ``bias`` must match it and the gates."""
+    for backend in available_backends():
+        k = get_kernels(backend)
+        c = _case("lstm", np.float64, seed=1)
+        T, B, H = c["T"], c["B"], c["H"]
+        bad = [(c["x"], c["w_ih"][:, :2], c["bias"]), (c["x"], c["w_ih"], c["bias"][:5]),
+               (c["x"], c["w_ih"][:8], c["bias"][:8]),
+               (np.zeros((T, B, 0)), np.zeros((4 * H, 0)), c["bias"])]
+        for x, w_ih, bias in ([np.ascontiguousarray(a) for a in arrays] for arrays in bad):
+            with pytest.raises(ValueError):
+                k.lstm_forward(x, w_ih, bias, c["w_hh"], c["w_hr"], c["peep"], c["lengths"],
+                               False, False, c["h0"].copy(), c["c0"].copy(),
+                               np.zeros((T, B, H)), *[np.zeros((0, 0, 0))] * 3)
 
 
 def _panels_or_skip():

@@ -2,33 +2,37 @@
 
 The kernel contract
 -------------------
-Only the recursion over time lives here. Everything that is one big matrix
-product over all time steps (input projections, weight gradients, input
-gradients) is done by the caller with BLAS. Every backend module exposes the
-same six functions with the same argument order::
+Only the recursion over time lives here, with the input projection, which a
+forward may fuse into its steps. Everything else that is one big matrix
+product over all time steps (weight gradients, input gradients) is done by
+the caller with BLAS. Every backend module exposes the same six functions
+with the same argument order::
 
-    rnn_forward(gx, w_hh, lengths, reverse, relu, h, out)
+    rnn_forward(x, w_ih, bias, w_hh, lengths, reverse, relu, h, out)
     rnn_backward(w_hh, lengths, reverse, relu, out, dout, dh, dgx)
-    lstm_forward(gx, w_hh, w_hr, peep, lengths, reverse, training,
+    lstm_forward(x, w_ih, bias, w_hh, w_hr, peep, lengths, reverse, training,
                  h, c, out, gates, cs, hc)
     lstm_backward(w_hh, w_hr, peep, lengths, reverse, c0, out, gates, cs, hc,
                   dout, dh, dc, dgx, dpeep, dhr)
-    gru_forward(gx, w_hh, b_hn, lengths, reverse, training, h, out, gates, ghn)
+    gru_forward(x, w_ih, bias, w_hh, b_hn, lengths, reverse, training, h, out,
+                gates, ghn)
     gru_backward(w_hh, lengths, reverse, h0, out, gates, ghn, dout, dh, dgx, dgh)
 
-Shapes (``T`` steps, ``B`` samples, ``H`` hidden units, ``G`` gates: 1 RNN,
-4 LSTM, 3 GRU, ``R`` the size of ``h``: ``H``, or ``P`` for an LSTM with a
-projection). All arrays are C-contiguous and of one floating dtype (float32
-or float64), except ``lengths`` (int64) and the two flags. The arrays a
-kernel writes must not overlap any other argument: backends may use them as
-work space during a step (the Cython forwards work each step's gates out in
-``gates`` itself). Two exceptions, which the layers use: the RNN forward's
-``out`` and the LSTM forward's ``gates`` (in training) may be ``gx`` itself,
-each step's output or gates then replacing its pre-activations.
+Shapes (``T`` steps, ``B`` samples, ``D`` input features, ``H`` hidden units,
+``G`` gates: 1 RNN, 4 LSTM, 3 GRU, ``R`` the size of ``h``: ``H``, or ``P``
+for an LSTM with a projection). All arrays are C-contiguous and of one
+floating dtype (float32 or float64), except ``lengths`` (int64) and the two
+flags. The arrays a kernel writes must not overlap any other argument:
+backends may use them as work space (the forwards may keep the input terms
+of every step in ``out`` or ``gates`` until the step replaces them).
 
-``gx``    (T, B, G*H)  input pre-activations ``x @ W_ih.T + b_ih + b_hh``; for
-                       the GRU only ``b_hh``'s r and z parts are folded in,
-                       ``b_hn`` stays inside the reset product.
+``x``     (T, B, D)    the layer's input, ``D >= 1``; what the rows of inactive
+                       samples hold does not matter.
+``w_ih``  (G*H, D)     input weights, PyTorch layout and gate order.
+``bias``  (G*H,)       ``b_ih + b_hh``; for the GRU only ``b_hh``'s r and z
+                       parts are folded in, ``b_hn`` stays inside the reset
+                       product. The step's input terms are
+                       ``gx_t = x_t @ W_ih.T + bias``.
 ``w_hh``  (G*H, R)     recurrent weights, PyTorch layout and gate order
                        (LSTM i, f, g, o; GRU r, z, n).
 ``w_hr``  (P, H)       LSTM projection, or shape (0, 0) for none.
@@ -56,7 +60,7 @@ Backward: ``dout`` (T, B, R) is the gradient w.r.t. ``out`` (entries where a
 sample is inactive are ignored); ``dh`` (and ``dc``) hold the gradient w.r.t.
 the final state on entry and the gradient w.r.t. the initial state on return.
 The kernel writes every entry of ``dgx`` (T, B, G*H), the gradient w.r.t. the
-pre-activations ``gx`` (zero where inactive). For the GRU it also writes
+input terms ``gx`` (zero where inactive). For the GRU it also writes
 ``dgh`` (T, B, 3H), the gradient w.r.t. ``W_hh h_{t-1} + b_hh`` (its n part is
 ``dgx``'s times ``r``); for RNN and LSTM that gradient equals ``dgx``.
 ``dpeep`` (3, H) is *overwritten* with the peephole gradient (shape (0, H) when

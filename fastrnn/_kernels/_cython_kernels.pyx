@@ -830,6 +830,9 @@ cdef enum:
     # A single row's product runs on the panels up to this many weights
     # (1 MiB of float32; see _on_panels).
     _PANEL_GEMV_MAX_WEIGHTS = 1 << 18
+    # The forwards fuse the input projection into their steps for batches of
+    # at least this many samples (see _forward_input).
+    _FUSED_MIN_ROWS = 2
 
 
 cdef inline bint _use_transposed(Py_ssize_t nb, Py_ssize_t G, Py_ssize_t R) noexcept nogil:
@@ -977,6 +980,139 @@ cdef inline void _back_product(floating* c, const floating* dg, const floating* 
     _matmul_nn(c, dg, w, nb, R, G, beta)
 
 
+cdef struct _StepInput:
+    # a forward call's input terms ``x_t @ W_ih.T + bias``, set up once by
+    # _forward_input; either
+    void* gx            # (T, B, G) every step's terms from one GEMM over all steps, or
+    void* hx            # (B, R + D) rows [h_{t-1} | x_t], staged at each step for one
+                        # product with the panels of [W_hh | W_ih].T (float32) over
+    Py_ssize_t fused    # the first ``fused`` gate columns (sw.data); the others
+    void* h_panels      # apart: W_hh's rows (h_panels) and W_ih's (x_panels) past
+    void* x_panels      # ``fused``, NULL when fused == G
+    bint own_gx         # gx is the call's own buffer (else the caller's array)
+    const void* x       # (T, B, D)
+    const void* bias    # (G,)
+    Py_ssize_t D
+
+
+cdef int _forward_input(_StepInput* si, _StepWeights* sw, const floating* x,
+                        const floating* w_ih, const floating* bias,
+                        const floating* w_hh, Py_ssize_t T, Py_ssize_t B,
+                        Py_ssize_t D, Py_ssize_t G, Py_ssize_t R,
+                        const int64_t* lengths, floating* dest,
+                        Py_ssize_t fused) except -1:
+    """Prepare a forward call's step products: the recurrent weights in ``sw``
+    and the input terms in ``si``. ``_free_input`` releases both.
+
+    Fused (``fused`` > 0 gate columns; float32, panels on, at least
+    _PREPARED_MIN_STEPS steps, a batch of _FUSED_MIN_ROWS or more, the weights
+    on the panels for ``B`` rows): each step multiplies the rows
+    ``[h_{t-1} | x_t]`` by the first ``fused`` columns of ``[W_hh | W_ih].T``
+    in one product, whose epilogue adds the bias; the other columns (the
+    GRU's n, whose two terms stay apart) get one panel set for ``h`` and one
+    for ``x``. The (T, B, G) terms are then never written nor read back. One
+    S2 slice (LSTM, B=128, T=100, D=32, H=128, one thread): 0.73 of the time
+    of the GEMM over all steps followed by the kernel (the product grows from
+    K=128 to 160; the GEMM wrote 26 MB that the steps read back); 0.88 at
+    B=32; at B=1 not faster (LSTM 0.97, RNN 1.12), hence the batch minimum.
+    Otherwise one GEMM over all steps writes them into ``dest`` (T, B, G), or
+    into a buffer of the call's own when ``dest`` is NULL."""
+    cdef Py_ssize_t K = R + D, i, r0, r1, n = T * B
+    cdef floating* w_cat
+    si.gx = si.hx = si.h_panels = si.x_panels = NULL
+    si.fused = 0
+    si.own_gx = False
+    si.x = x
+    si.bias = bias
+    si.D = D
+    sw.data = NULL
+    sw.panels = False
+    if floating is float:
+        if (fused > 0 and _panels_on and T >= _PREPARED_MIN_STEPS
+                and B >= _FUSED_MIN_ROWS and _on_panels(B, G, K)):
+            w_cat = <floating*>_alloc(fused * K, sizeof(floating))
+            with nogil:
+                for i in range(fused):
+                    _copy(w_cat + i * K, w_hh + i * R, R)
+                    _copy(w_cat + i * K + R, w_ih + i * D, D)
+                sw.data = fastrnn_pack_panels(w_cat, K, fused, 1)
+                if fused < G:
+                    si.h_panels = fastrnn_pack_panels(w_hh + fused * R, R, G - fused, 1)
+                    si.x_panels = fastrnn_pack_panels(w_ih + fused * D, D, G - fused, 1)
+            free(w_cat)
+            if sw.data != NULL and (fused == G or (si.h_panels != NULL
+                                                   and si.x_panels != NULL)):
+                sw.panels = True
+                si.fused = fused
+                si.hx = _alloc(B * K, sizeof(floating))
+                return 0
+            _free_input(si, sw)  # out of memory: BLAS, as without panels
+    _forward_weights(sw, w_hh, G, R, lengths, B, T)
+    if dest == NULL:
+        dest = <floating*>_alloc(T * B * G, sizeof(floating))
+        si.own_gx = True
+    si.gx = dest
+    with nogil:
+        for i in range(n):
+            _copy(dest + i * G, bias, G)
+        # in row blocks that BLAS's 32-bit sizes can hold
+        for r0 in range(0, n, 1 << 30):
+            r1 = min(n, r0 + (1 << 30))
+            _gemm_rm(False, True, r1 - r0, G, D, x + r0 * D, D, w_ih, D, 1,
+                     dest + r0 * G, G)
+    return 0
+
+
+cdef void _free_input(_StepInput* si, _StepWeights* sw) noexcept:
+    free(sw.data)
+    free(si.hx)
+    free(si.h_panels)
+    free(si.x_panels)
+    if si.own_gx:
+        free(si.gx)
+    sw.data = si.hx = si.h_panels = si.x_panels = si.gx = NULL
+    sw.panels = si.own_gx = False
+
+
+cdef inline void _input_step(floating* c, const floating* h, const floating* w,
+                             const _StepWeights* sw, const _StepInput* si,
+                             Py_ssize_t t, Py_ssize_t B, Py_ssize_t nb, Py_ssize_t G,
+                             Py_ssize_t R, const floating* scale) noexcept nogil:
+    """``c (nb, G) = (h (nb, R) @ w.T + x_t @ W_ih.T + bias) * scale``: the
+    pre-activations of step ``t``'s active rows, times ``scale`` (G,) when
+    given. ``c`` may be the step's rows of ``si.gx`` itself (then replaced).
+    Fused, only the first ``si.fused`` columns (the GRU's r and z: see
+    gru_forward for its n)."""
+    cdef Py_ssize_t b, k, K = R + si.D
+    cdef const floating* gt
+    cdef const floating* add
+    cdef floating v
+    cdef bint in_place
+    if nb == 0:
+        return
+    if floating is float:
+        if si.hx != NULL:
+            for b in range(nb):
+                _copy(<float*>si.hx + b * K, h + b * R, R)
+                _copy(<float*>si.hx + b * K + R, <const float*>si.x + (t * B + b) * si.D,
+                      si.D)
+            fastrnn_sgemm_panels(nb, si.fused, K, <const float*>si.hx, K,
+                                 <const float*>sw.data, c, G, 0,
+                                 <const float*>si.bias, 0, scale)
+            return
+    gt = <const floating*>si.gx + t * B * G
+    in_place = gt == c
+    add = gt
+    if in_place:
+        add = NULL
+    if _step_product(c, h, w, sw, nb, G, R, add, scale, in_place):
+        return
+    for b in range(nb):
+        for k in range(G):
+            v = c[b * G + k] if in_place else gt[b * G + k] + c[b * G + k]
+            c[b * G + k] = v * scale[k] if scale != NULL else v
+
+
 def gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
          bint trans_a=False, bint trans_b=False, double beta=0.0):
     """``c = op(a) @ op(b) + beta * c`` in place, through the kernels' BLAS.
@@ -1083,43 +1219,56 @@ cdef int _check_lengths(const int64_t[::1] lengths, Py_ssize_t B,
     return 0
 
 
+cdef int _check_input(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
+                      const floating[::1] bias, Py_ssize_t G) except -1:
+    """A forward's input side: ``x`` (T, B, D) with D >= 1, ``w_ih`` (G, D),
+    ``bias`` (G,)."""
+    if x.shape[2] < 1:
+        raise ValueError("x: expected at least one feature per step, got shape "
+                         f"{tuple([x.shape[k] for k in range(3)])}")
+    _expect("w_ih", w_ih.shape, 2, G, x.shape[2])
+    _expect("bias", bias.shape, 1, G)
+    return 0
+
+
 # --------------------------------------------------------------------- RNN
 
 
-def rnn_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
+def rnn_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
+                const floating[::1] bias, const floating[:, ::1] w_hh,
                 const int64_t[::1] lengths, bint reverse, bint relu,
                 floating[:, ::1] h, floating[:, :, ::1] out):
-    """Vanilla RNN forward ``h_t = act(gx_t + h_{t-1} @ W_hh.T)``; fills ``out``, ``h``."""
-    cdef Py_ssize_t T = gx.shape[0], B = gx.shape[1], H = gx.shape[2]
+    """Vanilla RNN forward ``h_t = act(x_t @ W_ih.T + bias + h_{t-1} @ W_hh.T)``;
+    fills ``out``, ``h``."""
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2], H = h.shape[1]
+    _check_input(x, w_ih, bias, H)
     _expect("w_hh", w_hh.shape, 2, H, H)
     _expect("h", h.shape, 2, B, H)
     _expect("out", out.shape, 3, T, B, H)
     _check_lengths(lengths, B, T)
     if T == 0 or B == 0:
         return
-    cdef const floating* gx_p = &gx[0, 0, 0]
     cdef const floating* w_p = &w_hh[0, 0]
     cdef const int64_t* len_p = &lengths[0]
     cdef floating* h_p = &h[0, 0]
     cdef floating* out_p = &out[0, 0, 0]
     cdef Py_ssize_t s, t, k, nb
-    cdef const floating* gt
     cdef floating a, zero = 0
-    cdef floating* buf = <floating*>_alloc(B * H, sizeof(floating))
+    cdef floating* buf = NULL
     cdef _StepWeights sw
-    sw.data = NULL
+    cdef _StepInput si
+    sw.data = si.hx = si.gx = si.h_panels = si.x_panels = NULL
+    si.own_gx = False
     try:
-        _forward_weights(&sw, w_p, H, H, len_p, B, T)
+        buf = <floating*>_alloc(B * H, sizeof(floating))
+        # unfused, out holds the input terms until each step replaces its own
+        _forward_input(&si, &sw, &x[0, 0, 0], &w_ih[0, 0], &bias[0], w_p, T, B, D,
+                       H, H, len_p, out_p, H)
         with nogil:
             for s in range(T):
                 t = T - 1 - s if reverse else s
                 nb = _n_active(len_p, B, t)
-                gt = gx_p + t * B * H
-                # buf = gx[t] + h @ W_hh.T (the active rows of gx[t], buf and
-                # h are one contiguous block)
-                if not _step_product(buf, h_p, w_p, &sw, nb, H, H, gt, NULL):
-                    for k in range(nb * H):
-                        buf[k] = gt[k] + buf[k]
+                _input_step(buf, h_p, w_p, &sw, &si, t, B, nb, H, H, NULL)
                 if relu:
                     for k in range(nb * H):
                         a = buf[k]
@@ -1131,7 +1280,7 @@ def rnn_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
                 _zero(out_p + (t * B + nb) * H, (B - nb) * H)
     finally:
         free(buf)
-        free(sw.data)
+        _free_input(&si, &sw)
 
 
 def rnn_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
@@ -1186,7 +1335,8 @@ def rnn_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
 # -------------------------------------------------------------------- LSTM
 
 
-def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
+def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
+                 const floating[::1] bias, const floating[:, ::1] w_hh,
                  const floating[:, ::1] w_hr, const floating[:, ::1] peep,
                  const int64_t[::1] lengths, bint reverse, bint training,
                  floating[:, ::1] h, floating[:, ::1] c, floating[:, :, ::1] out,
@@ -1194,12 +1344,11 @@ def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
                  floating[:, :, ::1] hc):
     """LSTM forward (optional peepholes and projection); fills ``out``, ``h``, ``c``
     and, when training, the caches ``gates``, ``cs`` and ``hc``."""
-    cdef Py_ssize_t T = gx.shape[0], B = gx.shape[1], H = c.shape[1]
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2], H = c.shape[1]
     cdef Py_ssize_t G = 4 * H, R = h.shape[1]
     cdef bint has_proj = w_hr.shape[0] > 0
     cdef bint has_peep = peep.shape[0] > 0
-    cdef bint in_place = False
-    _expect("gx", gx.shape, 3, T, B, G)
+    _check_input(x, w_ih, bias, G)
     _expect("c", c.shape, 2, B, H)
     _expect("w_hh", w_hh.shape, 2, G, R)
     if has_proj:
@@ -1218,9 +1367,6 @@ def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
     _check_lengths(lengths, B, T)
     if T == 0 or B == 0:
         return
-    # the training cache may be gx itself: each step's gates then replace its
-    # pre-activations in place
-    in_place = training and <const void*>&gates[0, 0, 0] == <const void*>&gx[0, 0, 0]
     cdef const floating* w_p = &w_hh[0, 0]
     # (no projection / no peepholes: zero-size arrays, never read)
     cdef const floating* wr_p = &w_hr[0, 0] if has_proj else NULL
@@ -1231,25 +1377,30 @@ def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
     cdef floating* h_p = &h[0, 0]
     cdef floating* c_p = &c[0, 0]
     cdef Py_ssize_t s, t, b, j, k, nb
-    cdef const floating* gr
     cdef floating* ar
     cdef floating* cr
     cdef floating* hr
     cdef floating* tr
     cdef floating* outt
     cdef floating i, f, o, cp, zero = 0, one = 1, half = 0.5
-    # per active row: the recurrent product, turned in place into the
-    # pre-activations, their tanh, and finally the gates (i, f, g, o); in
-    # training gates[t] itself serves
-    cdef floating* buf = NULL if training else <floating*>_alloc(B * G, sizeof(floating))
+    # per active row: the pre-activations, their tanh, and finally the gates
+    # (i, f, g, o), worked out in place; in training in gates[t] itself
+    cdef floating* buf = NULL
     cdef floating* gb             # this step's gates: buf, or gates[t] when training
     cdef floating* tcb = NULL     # tanh(c_t)
     cdef floating* hcell = NULL   # o * tanh(c_t) before the projection
     cdef floating* scale = NULL   # 1/2 for the sigmoid gates, 1 for g
     cdef _StepWeights sw
-    sw.data = NULL
+    cdef _StepInput si
+    sw.data = si.hx = si.gx = si.h_panels = si.x_panels = NULL
+    si.own_gx = False
     try:
-        _forward_weights(&sw, w_p, G, R, len_p, B, T)
+        if not training:
+            buf = <floating*>_alloc(B * G, sizeof(floating))
+        # unfused, the training cache holds the input terms until each step
+        # replaces its own with its gates
+        _forward_input(&si, &sw, &x[0, 0, 0], &w_ih[0, 0], &bias[0], w_p, T, B, D,
+                       G, R, len_p, &gates[0, 0, 0] if training else NULL, G)
         tcb = <floating*>_alloc(B * H, sizeof(floating))
         scale = <floating*>_alloc(G, sizeof(floating))
         for k in range(G):
@@ -1264,30 +1415,18 @@ def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
                 # the step's gates are worked out in place: in the training
                 # cache itself when there is one
                 gb = &gates[t, 0, 0] if training else buf
-                gr = &gx[t, 0, 0]
-                # in place, gates[t] holds gx[t] and the product adds to it
                 if has_peep:
-                    _step_product(gb, h_p, w_p, &sw, nb, G, R, NULL, NULL, in_place)
+                    _input_step(gb, h_p, w_p, &sw, &si, t, B, nb, G, R, NULL)
                 else:
                     # tanh arguments of all active rows (a/2 for the sigmoid
                     # gates i, f, o; a for g), then one tanh call over them all:
-                    # the rows of gx[t] and gb are one contiguous block
-                    if not _step_product(gb, h_p, w_p, &sw, nb, G, R,
-                                         NULL if in_place else gr, scale, in_place):
-                        for b in range(nb):
-                            for k in range(G):
-                                gb[b * G + k] = scale[k] * (
-                                    gb[b * G + k] if in_place
-                                    else gr[b * G + k] + gb[b * G + k])
+                    # the rows of gb are one contiguous block
+                    _input_step(gb, h_p, w_p, &sw, &si, t, B, nb, G, R, scale)
                     _vtanh(gb, gb, nb * G)
                 for b in range(nb):
-                    gr = &gx[t, b, 0]
                     ar = gb + b * G
                     cr = c_p + b * H
                     if has_peep:
-                        if not in_place:
-                            for k in range(G):
-                                ar[k] = gr[k] + ar[k]
                         for j in range(H):
                             cp = cr[j]
                             ar[j] = half * (ar[j] + p0[j] * cp)
@@ -1336,7 +1475,7 @@ def lstm_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
         free(tcb)
         free(hcell)
         free(scale)
-        free(sw.data)
+        _free_input(&si, &sw)
 
 
 def lstm_backward(const floating[:, ::1] w_hh, const floating[:, ::1] w_hr,
@@ -1499,15 +1638,17 @@ def lstm_backward(const floating[:, ::1] w_hh, const floating[:, ::1] w_hr,
 # --------------------------------------------------------------------- GRU
 
 
-def gru_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
+def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
+                const floating[::1] bias, const floating[:, ::1] w_hh,
                 const floating[::1] b_hn, const int64_t[::1] lengths, bint reverse,
                 bint training, floating[:, ::1] h, floating[:, :, ::1] out,
                 floating[:, :, ::1] gates, floating[:, :, ::1] ghn):
     """GRU forward, ``h_t = (1 - z) * n + z * h_{t-1}`` with
-    ``n = tanh(gx_n + r * (W_hn h_{t-1} + b_hn))``; fills ``out``, ``h`` and,
-    when training, ``gates`` and ``ghn``."""
-    cdef Py_ssize_t T = gx.shape[0], B = gx.shape[1], H = h.shape[1], G = 3 * H
-    _expect("gx", gx.shape, 3, T, B, G)
+    ``n = tanh(gx_n + r * (W_hn h_{t-1} + b_hn))`` (``gx = x_t @ W_ih.T + bias``);
+    fills ``out``, ``h`` and, when training, ``gates`` and ``ghn``."""
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
+    cdef Py_ssize_t H = h.shape[1], G = 3 * H
+    _check_input(x, w_ih, bias, G)
     _expect("w_hh", w_hh.shape, 2, G, H)
     _expect("b_hn", b_hn.shape, 1, H)
     _expect("h", h.shape, 2, B, H)
@@ -1530,16 +1671,32 @@ def gru_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
     cdef floating r, z, zero = 0, one = 1, half = 0.5
     # per active row: W_hh h_{t-1}, turned in place into the gates (r, z, n);
     # in training gates[t] itself serves
-    cdef floating* buf = NULL if training else <floating*>_alloc(B * G, sizeof(floating))
+    cdef floating* buf = NULL
     cdef floating* gb             # this step's gates: buf, or gates[t] when training
     cdef floating* hnb = NULL   # W_hn h_{t-1} + b_hn
     cdef floating* nbuf = NULL  # the candidate n of the active rows
+    cdef const floating* gx_p     # unfused: the input terms of all steps
+    cdef const floating* xn       # a row's input term of n
+    cdef const floating* bias_p = &bias[0]
+    cdef floating* scale = NULL   # 1/2 for r and z (fused)
+    cdef bint fused
     cdef _StepWeights sw
-    sw.data = NULL
+    cdef _StepInput si
+    sw.data = si.hx = si.gx = si.h_panels = si.x_panels = NULL
+    si.own_gx = False
     try:
-        _forward_weights(&sw, w_p, G, H, len_p, B, T)
+        if not training:
+            buf = <floating*>_alloc(B * G, sizeof(floating))
+        # fused, only r and z: n's input term stays apart from its recurrent one
+        _forward_input(&si, &sw, &x[0, 0, 0], &w_ih[0, 0], bias_p, w_p, T, B, D,
+                       G, H, len_p, NULL, 2 * H)
+        fused = si.hx != NULL
+        gx_p = <const floating*>si.gx
         hnb = <floating*>_alloc(B * H, sizeof(floating))
         nbuf = <floating*>_alloc(B * H, sizeof(floating))
+        scale = <floating*>_alloc(2 * H, sizeof(floating))
+        for k in range(2 * H):
+            scale[k] = half
         with nogil:
             for s in range(T):
                 t = T - 1 - s if reverse else s
@@ -1547,29 +1704,47 @@ def gru_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
                 # the step's gates are worked out in place: in the training
                 # cache itself when there is one
                 gb = &gates[t, 0, 0] if training else buf
-                _step_product(gb, h_p, w_p, &sw, nb, G, H, NULL, NULL)
+                if fused:
+                    # r, z: their tanh arguments (halved: sigmoid); n's terms
+                    # W_hn h + b_hn into gb's n part, W_in x_t + b_in into nbuf
+                    _input_step(gb, h_p, w_p, &sw, &si, t, B, nb, G, H, scale)
+                    if floating is float and nb > 0:
+                        fastrnn_sgemm_panels(nb, H, H, <const float*>si.hx, H + D,
+                                             <const float*>si.h_panels, gb + 2 * H, G,
+                                             0, bn_p, 0, NULL)
+                        fastrnn_sgemm_panels(nb, H, D, <const float*>si.hx + H, H + D,
+                                             <const float*>si.x_panels, nbuf, H, 0,
+                                             bias_p + 2 * H, 0, NULL)
+                    for b in range(nb):
+                        ar = gb + b * G
+                        _copy(hnb + b * H, ar + 2 * H, H)
+                else:
+                    _step_product(gb, h_p, w_p, &sw, nb, G, H, NULL, NULL)
+                    for b in range(nb):
+                        gr = gx_p + (t * B + b) * G
+                        ar = gb + b * G
+                        hnr = hnb + b * H
+                        for k in range(2 * H):
+                            ar[k] = half * (gr[k] + ar[k])
+                        for j in range(H):
+                            hnr[j] = ar[2 * H + j] + bn_p[j]
                 # One tanh call per phase over all active rows (the call, not
-                # the arithmetic, dominates at small H): first r, z (their
-                # arguments halved: sigmoid) over the whole block, the n part
-                # of which is junk, overwritten below; then n, gathered in nbuf.
-                for b in range(nb):
-                    gr = &gx[t, b, 0]
-                    ar = gb + b * G
-                    hnr = hnb + b * H
-                    for k in range(2 * H):
-                        ar[k] = half * (gr[k] + ar[k])
-                    for j in range(H):
-                        hnr[j] = ar[2 * H + j] + bn_p[j]
+                # the arithmetic, dominates at small H): first r, z over the
+                # whole block, the n part of which is junk, overwritten below;
+                # then n, gathered in nbuf.
                 _vtanh(gb, gb, nb * G)
                 for b in range(nb):
-                    gr = &gx[t, b, 0]
+                    if fused:
+                        xn = nbuf + b * H
+                    else:
+                        xn = gx_p + (t * B + b) * G + 2 * H
                     ar = gb + b * G
                     hnr = hnb + b * H
                     for j in range(H):
                         r = half * ar[j] + half
                         ar[j] = r
                         ar[H + j] = half * ar[H + j] + half
-                        nbuf[b * H + j] = gr[2 * H + j] + r * hnr[j]
+                        nbuf[b * H + j] = xn[j] + r * hnr[j]
                 _vtanh(nbuf, nbuf, nb * H)
                 for b in range(nb):
                     ar = gb + b * G
@@ -1588,7 +1763,8 @@ def gru_forward(const floating[:, :, ::1] gx, const floating[:, ::1] w_hh,
         free(buf)
         free(hnb)
         free(nbuf)
-        free(sw.data)
+        free(scale)
+        _free_input(&si, &sw)
 
 
 def gru_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,

@@ -24,6 +24,8 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
+from .._blas import matmul
+
 # fastmath without nnan/ninf: reassociation lets the gate loops vectorise; NaN and
 # infinity keep their IEEE meaning (inputs are validated finite anyway).
 _FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
@@ -456,8 +458,34 @@ def _gru_backward(w_hh, lengths, reverse, h0, out, gates, ghn, dout, dh, dgx, dg
 # ------------------------------------------------------- public contract
 
 
-def rnn_forward(gx, w_hh, lengths, reverse, relu, h, out):
-    """Vanilla RNN forward, ``h_t = act(gx_t + W_hh h_{t-1})``; fills ``out``, ``h``."""
+def _input_terms(x, w_ih, bias, out=None):
+    """Every step's input terms ``x_t @ W_ih.T + bias`` as one product over all
+    steps (through the kernels' BLAS, :mod:`fastrnn._blas`), into ``out``
+    (T, B, G) when given, else a new array; the jitted loops then read them."""
+    T, B, D = x.shape
+    G = w_ih.shape[0]
+    if D < 1:
+        raise ValueError(f"x: expected at least one feature per step, got shape {x.shape}")
+    if w_ih.shape != (G, D) or bias.shape != (G,):
+        raise ValueError(f"w_ih and bias: expected shapes ({G}, {D}) and ({G},), "
+                         f"got {w_ih.shape} and {bias.shape}")
+    if out is None:
+        out = np.empty((T, B, G), x.dtype)
+    if out.shape != (T, B, G):
+        raise ValueError(f"expected a ({T}, {B}, {G}) array for the input terms, "
+                         f"got {out.shape}")
+    if T * B:
+        flat = out.reshape(T * B, G)
+        flat[...] = bias
+        matmul(x.reshape(T * B, D), w_ih, trans_b=True, out=flat, accumulate=True)
+    return out
+
+
+def rnn_forward(x, w_ih, bias, w_hh, lengths, reverse, relu, h, out):
+    """Vanilla RNN forward, ``h_t = act(x_t @ W_ih.T + bias + W_hh h_{t-1})``;
+    fills ``out``, ``h``."""
+    # out holds the input terms until each step replaces its own
+    gx = _input_terms(x, w_ih, bias, out)
     _rnn_forward(gx, w_hh, lengths, bool(reverse), bool(relu), h, out)
 
 
@@ -466,10 +494,13 @@ def rnn_backward(w_hh, lengths, reverse, relu, out, dout, dh, dgx):
     _rnn_backward(w_hh, lengths, bool(reverse), bool(relu), out, dout, dh, dgx)
 
 
-def lstm_forward(gx, w_hh, w_hr, peep, lengths, reverse, training,
+def lstm_forward(x, w_ih, bias, w_hh, w_hr, peep, lengths, reverse, training,
                  h, c, out, gates, cs, hc):
     """LSTM forward (peepholes, projection optional); fills ``out``, ``h``, ``c``
     and, when training, ``gates``, ``cs`` and ``hc``."""
+    # in training the gates cache holds the input terms until each step
+    # replaces its own with its gates
+    gx = _input_terms(x, w_ih, bias, gates if training else None)
     _lstm_forward(gx, w_hh, w_hr, peep, lengths, bool(reverse), bool(training),
                   h, c, out, gates, cs, hc)
 
@@ -482,10 +513,11 @@ def lstm_backward(w_hh, w_hr, peep, lengths, reverse, c0, out, gates, cs, hc,
                    dout, dh, dc, dgx, dpeep, dhr)
 
 
-def gru_forward(gx, w_hh, b_hn, lengths, reverse, training, h, out, gates, ghn):
+def gru_forward(x, w_ih, bias, w_hh, b_hn, lengths, reverse, training, h, out,
+                gates, ghn):
     """GRU forward, ``h_t = (1 - z) * n + z * h_{t-1}``; fills ``out``, ``h`` and,
     when training, ``gates`` and ``ghn``."""
-    _gru_forward(gx, w_hh, b_hn, lengths, bool(reverse), bool(training),
+    _gru_forward(_input_terms(x, w_ih, bias), w_hh, b_hn, lengths, bool(reverse), bool(training),
                  h, out, gates, ghn)
 
 

@@ -14,6 +14,16 @@ def sigmoid(x):
     return 0.5 * np.tanh(0.5 * x) + 0.5
 
 
+def input_terms(x, w_ih, bias):
+    """Every step's input terms ``x_t @ W_ih.T + bias``, (T, B, G*H). Terms
+    beyond the dtype's range become inf or NaN without a warning, as from the
+    compiled backends' BLAS: the callers judge the results."""
+    if x.shape[2] < 1:
+        raise ValueError(f"x: expected at least one feature per step, got shape {x.shape}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        return x @ w_ih.T + bias
+
+
 def _steps(T, reverse):
     return range(T - 1, -1, -1) if reverse else range(T)
 
@@ -39,8 +49,10 @@ def _prev_state(states, initial, t, lengths, reverse):
 # --------------------------------------------------------------------- RNN
 
 
-def rnn_forward(gx, w_hh, lengths, reverse, relu, h, out):
-    """Vanilla RNN forward: ``h_t = act(gx_t + h_{t-1} @ W_hh.T)``; fills ``out``, ``h``."""
+def rnn_forward(x, w_ih, bias, w_hh, lengths, reverse, relu, h, out):
+    """Vanilla RNN forward: ``h_t = act(gx_t + h_{t-1} @ W_hh.T)`` with ``gx``
+    the input terms; fills ``out``, ``h``."""
+    gx = input_terms(x, w_ih, bias)
     for t in _steps(gx.shape[0], reverse):
         active = (lengths > t)[:, None]
         a = gx[t] + h @ w_hh.T
@@ -63,10 +75,11 @@ def rnn_backward(w_hh, lengths, reverse, relu, out, dout, dh, dgx):
 # -------------------------------------------------------------------- LSTM
 
 
-def lstm_forward(gx, w_hh, w_hr, peep, lengths, reverse, training,
+def lstm_forward(x, w_ih, bias, w_hh, w_hr, peep, lengths, reverse, training,
                  h, c, out, gates, cs, hc):
     """LSTM forward (optional peepholes and projection); fills ``out``, ``h``, ``c``
     and, when training, the caches ``gates``, ``cs`` and ``hc``."""
+    gx = input_terms(x, w_ih, bias)
     H = c.shape[1]
     has_peep = peep.shape[0] > 0
     has_proj = w_hr.shape[0] > 0
@@ -135,10 +148,12 @@ def lstm_backward(w_hh, w_hr, peep, lengths, reverse, c0, out, gates, cs, hc,
 # --------------------------------------------------------------------- GRU
 
 
-def gru_forward(gx, w_hh, b_hn, lengths, reverse, training, h, out, gates, ghn):
+def gru_forward(x, w_ih, bias, w_hh, b_hn, lengths, reverse, training, h, out,
+                gates, ghn):
     """GRU forward, PyTorch convention ``h_t = (1 - z) * n + z * h_{t-1}`` with
-    ``n = tanh(gx_n + r * (W_hn h_{t-1} + b_hn))``; fills ``out``, ``h`` and,
-    when training, ``gates`` and ``ghn``."""
+    ``n = tanh(gx_n + r * (W_hn h_{t-1} + b_hn))``, ``gx`` the input terms;
+    fills ``out``, ``h`` and, when training, ``gates`` and ``ghn``."""
+    gx = input_terms(x, w_ih, bias)
     H = h.shape[1]
     for t in _steps(gx.shape[0], reverse):
         active = (lengths > t)[:, None]
