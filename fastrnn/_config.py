@@ -21,9 +21,10 @@ _VALID = ("auto", "cython", "numba", "reference")
 #: small to pay for starting it.
 MIN_SAMPLES_PER_THREAD = 32
 
-#: In eval mode a layer projects its input and runs its kernel this many time
-#: steps at a time, so that its memory beyond the input and output does not grow
-#: with the sequence length (in training, the whole sequence is kept anyway).
+#: In eval mode a layer runs its kernel this many time steps at a time, so that
+#: its memory beyond the input and output does not grow with the sequence length
+#: where a kernel keeps the input terms of all its steps (in training, the whole
+#: sequence is kept anyway).
 INFERENCE_BLOCK_STEPS = 128
 
 #: The layers keep up to this many bytes of freed array memory for their next
