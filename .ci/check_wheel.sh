@@ -56,16 +56,18 @@ def a(*shape):
     return rng.uniform(-0.5, 0.5, shape)
 
 
-args = dict(gx=a(T, B, 4 * H), w_hh=a(4 * H, P), w_hr=a(P, H), peep=a(3, H),
-            h0=a(B, P), c0=a(B, H), dout=a(T, B, P), dhn=a(B, P), dcn=a(B, H))
+D = 3
+args = dict(x=a(T, B, D), w_ih=a(4 * H, D), bias=a(4 * H), w_hh=a(4 * H, P),
+            w_hr=a(P, H), peep=a(3, H), h0=a(B, P), c0=a(B, H), dout=a(T, B, P),
+            dhn=a(B, P), dcn=a(B, H))
 
 
 def run(k):
     z = np.zeros
     h, c = args["h0"].copy(), args["c0"].copy()
     out, gates, cs, hc = z((T, B, P)), z((T, B, 4 * H)), z((T, B, H)), z((T, B, H))
-    k.lstm_forward(args["gx"], args["w_hh"], args["w_hr"], args["peep"], lengths,
-                   False, True, h, c, out, gates, cs, hc)
+    k.lstm_forward(args["x"], args["w_ih"], args["bias"], args["w_hh"], args["w_hr"],
+                   args["peep"], lengths, False, True, h, c, out, gates, cs, hc)
     dh, dc = args["dhn"].copy(), args["dcn"].copy()
     dgx, dpeep, dhr = z((T, B, 4 * H)), z((3, H)), z((T, B, P))
     k.lstm_backward(args["w_hh"], args["w_hr"], args["peep"], lengths, False,
