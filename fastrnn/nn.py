@@ -7,9 +7,9 @@ loads as it is. Each layer also runs backpropagation through time:
 :meth:`~RNN.backward` returns the input and initial-state gradients and fills
 :attr:`~RNN.grads`, a dict keyed like :meth:`~RNN.state_dict`.
 
-Only the recursion over time runs in a compiled kernel (see
-:mod:`fastrnn._kernels`); the input projections and weight gradients are one
-BLAS matrix product each over all time steps.
+The recursion over time, with the input projection, runs in a compiled
+kernel (see :mod:`fastrnn._kernels`); the weight gradients and the input
+gradient are one BLAS matrix product each over all time steps.
 """
 
 import numbers

@@ -46,7 +46,10 @@ of every step in ``out`` or ``gates`` until the step replaces them).
                        last step ``lengths[b] - 1``.
 ``relu``               RNN nonlinearity: relu if true, else tanh.
 ``training``           if false, ``gates``/``cs``/``hc``/``ghn`` are not touched
-                       (pass zero-size arrays): memory independent of T.
+                       (pass zero-size arrays). A forward that does not fuse
+                       its input projection still keeps the input terms of
+                       all its steps, (T, B, G*H): the layers bound that by
+                       running eval mode in blocks of steps.
 ``h``, ``c`` (B, R), (B, H)  in: initial state; out: each sample's state at its
                        own last step (the running state is updated in place).
 ``out``   (T, B, R)    every ``h_t``; zero where a sample is inactive.

@@ -874,7 +874,9 @@ cdef floating* _transposed_weights(const floating* w, Py_ssize_t G, Py_ssize_t R
 cdef struct _StepWeights:
     # what a kernel call prepares once from W_hh for its step products:
     void* data    # NULL (BLAS on W_hh itself), or
-    bint panels   # float32 panels (fastrnn_pack_panels) if set, else W_hh.T row-major
+    bint panels   # float32 panels (fastrnn_pack_panels) if set, else W_hh.T row-major.
+                  # A fused forward's panels hold [W_hh | W_ih].T instead (see
+                  # _StepInput): only _input_step may use those.
 
 
 cdef inline bint _on_panels(Py_ssize_t nb, Py_ssize_t G, Py_ssize_t R) noexcept nogil:
@@ -981,18 +983,30 @@ cdef inline void _back_product(floating* c, const floating* dg, const floating* 
 
 
 cdef struct _StepInput:
-    # a forward call's input terms ``x_t @ W_ih.T + bias``, set up once by
-    # _forward_input; either
-    void* gx            # (T, B, G) every step's terms from one GEMM over all steps, or
-    void* hx            # (B, R + D) rows [h_{t-1} | x_t], staged at each step for one
-                        # product with the panels of [W_hh | W_ih].T (float32) over
-    Py_ssize_t fused    # the first ``fused`` gate columns (sw.data); the others
-    void* h_panels      # apart: W_hh's rows (h_panels) and W_ih's (x_panels) past
-    void* x_panels      # ``fused``, NULL when fused == G
-    bint own_gx         # gx is the call's own buffer (else the caller's array)
+    # A forward call's input terms ``x_t @ W_ih.T + bias``, set up once by
+    # _forward_input, in one of two ways.
+    # Unfused: every step's terms, from one GEMM over all steps.
+    void* gx            # (T, B, G), the caller's array; NULL when fused
+    # Fused (float32 panels): each step stages the rows [h_{t-1} | x_t] in hx
+    # and multiplies them by the panels of [W_hh | W_ih].T (the _StepWeights'
+    # data), for the first ``fused`` gate columns; the GRU's n columns, past
+    # ``fused``, have a panel set for W_hh's rows and one for W_ih's.
+    void* hx            # (B, R + D); NULL when unfused
+    Py_ssize_t fused    # 0 when unfused
+    void* h_panels      # NULL unless fused < G
+    void* x_panels
     const void* x       # (T, B, D)
     const void* bias    # (G,)
     Py_ssize_t D
+
+
+cdef inline bint _fuses(Py_ssize_t fused, Py_ssize_t T, Py_ssize_t B) noexcept nogil:
+    """Whether a float32 forward call of ``T`` steps over ``B`` samples fuses
+    its input projection into its steps (see _forward_input): ``fused`` > 0
+    columns asked for, the panels on, at least _PREPARED_MIN_STEPS steps and
+    _FUSED_MIN_ROWS samples."""
+    return (fused > 0 and _panels_on and T >= _PREPARED_MIN_STEPS
+            and B >= _FUSED_MIN_ROWS)
 
 
 cdef int _forward_input(_StepInput* si, _StepWeights* sw, const floating* x,
@@ -1004,9 +1018,7 @@ cdef int _forward_input(_StepInput* si, _StepWeights* sw, const floating* x,
     """Prepare a forward call's step products: the recurrent weights in ``sw``
     and the input terms in ``si``. ``_free_input`` releases both.
 
-    Fused (``fused`` > 0 gate columns; float32, panels on, at least
-    _PREPARED_MIN_STEPS steps, a batch of _FUSED_MIN_ROWS or more, the weights
-    on the panels for ``B`` rows): each step multiplies the rows
+    Fused (float32 and :func:`_fuses`): each step multiplies the rows
     ``[h_{t-1} | x_t]`` by the first ``fused`` columns of ``[W_hh | W_ih].T``
     in one product, whose epilogue adds the bias; the other columns (the
     GRU's n, whose two terms stay apart) get one panel set for ``h`` and one
@@ -1015,21 +1027,21 @@ cdef int _forward_input(_StepInput* si, _StepWeights* sw, const floating* x,
     of the GEMM over all steps followed by the kernel (the product grows from
     K=128 to 160; the GEMM wrote 26 MB that the steps read back); 0.88 at
     B=32; at B=1 not faster (LSTM 0.97, RNN 1.12), hence the batch minimum.
-    Otherwise one GEMM over all steps writes them into ``dest`` (T, B, G), or
-    into a buffer of the call's own when ``dest`` is NULL."""
+    Otherwise one GEMM over all steps writes them into ``dest`` (T, B, G),
+    which must then be given (the caller's ``out``, ``gates`` or a NumPy
+    array: allocated as the layers' arrays are, see :mod:`fastrnn._memory`).
+    Out of memory for the packed weights, it raises MemoryError."""
     cdef Py_ssize_t K = R + D, i, r0, r1, n = T * B
     cdef floating* w_cat
     si.gx = si.hx = si.h_panels = si.x_panels = NULL
     si.fused = 0
-    si.own_gx = False
     si.x = x
     si.bias = bias
     si.D = D
     sw.data = NULL
     sw.panels = False
     if floating is float:
-        if (fused > 0 and _panels_on and T >= _PREPARED_MIN_STEPS
-                and B >= _FUSED_MIN_ROWS and _on_panels(B, G, K)):
+        if _fuses(fused, T, B):
             w_cat = <floating*>_alloc(fused * K, sizeof(floating))
             with nogil:
                 for i in range(fused):
@@ -1040,17 +1052,16 @@ cdef int _forward_input(_StepInput* si, _StepWeights* sw, const floating* x,
                     si.h_panels = fastrnn_pack_panels(w_hh + fused * R, R, G - fused, 1)
                     si.x_panels = fastrnn_pack_panels(w_ih + fused * D, D, G - fused, 1)
             free(w_cat)
-            if sw.data != NULL and (fused == G or (si.h_panels != NULL
-                                                   and si.x_panels != NULL)):
-                sw.panels = True
-                si.fused = fused
-                si.hx = _alloc(B * K, sizeof(floating))
-                return 0
-            _free_input(si, sw)  # out of memory: BLAS, as without panels
-    _forward_weights(sw, w_hh, G, R, lengths, B, T)
+            if sw.data == NULL or (fused < G and (si.h_panels == NULL
+                                                  or si.x_panels == NULL)):
+                raise MemoryError("cannot allocate the packed weights")
+            sw.panels = True
+            si.fused = fused
+            si.hx = _alloc(B * K, sizeof(floating))
+            return 0
     if dest == NULL:
-        dest = <floating*>_alloc(T * B * G, sizeof(floating))
-        si.own_gx = True
+        raise ValueError("_forward_input: unfused, the input terms need an array")
+    _forward_weights(sw, w_hh, G, R, lengths, B, T)
     si.gx = dest
     with nogil:
         for i in range(n):
@@ -1063,15 +1074,25 @@ cdef int _forward_input(_StepInput* si, _StepWeights* sw, const floating* x,
     return 0
 
 
+cdef cnp.ndarray _terms_array(const floating* x, Py_ssize_t fused, Py_ssize_t T,
+                              Py_ssize_t B, Py_ssize_t G):
+    """A new (T, B, G) array for the input terms of a forward call (``x`` gives
+    the dtype) that has none of the caller's to keep them in; None if the call
+    fuses (:func:`_fuses`). A NumPy array, so that the layers' memory reuse
+    (:mod:`fastrnn._memory`) serves it as it served the layers' own."""
+    if floating is float:
+        if _fuses(fused, T, B):
+            return None
+    return np.empty((T, B, G), np.float32 if floating is float else np.float64)
+
+
 cdef void _free_input(_StepInput* si, _StepWeights* sw) noexcept:
     free(sw.data)
     free(si.hx)
     free(si.h_panels)
     free(si.x_panels)
-    if si.own_gx:
-        free(si.gx)
     sw.data = si.hx = si.h_panels = si.x_panels = si.gx = NULL
-    sw.panels = si.own_gx = False
+    sw.panels = False
 
 
 cdef inline void _input_step(floating* c, const floating* h, const floating* w,
@@ -1258,7 +1279,6 @@ def rnn_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
     cdef _StepWeights sw
     cdef _StepInput si
     sw.data = si.hx = si.gx = si.h_panels = si.x_panels = NULL
-    si.own_gx = False
     try:
         buf = <floating*>_alloc(B * H, sizeof(floating))
         # unfused, out holds the input terms until each step replaces its own
@@ -1390,17 +1410,24 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
     cdef floating* tcb = NULL     # tanh(c_t)
     cdef floating* hcell = NULL   # o * tanh(c_t) before the projection
     cdef floating* scale = NULL   # 1/2 for the sigmoid gates, 1 for g
+    cdef floating* dest = NULL    # unfused: the input terms of all steps
+    cdef cnp.ndarray terms = None
     cdef _StepWeights sw
     cdef _StepInput si
     sw.data = si.hx = si.gx = si.h_panels = si.x_panels = NULL
-    si.own_gx = False
     try:
         if not training:
             buf = <floating*>_alloc(B * G, sizeof(floating))
         # unfused, the training cache holds the input terms until each step
         # replaces its own with its gates
+        if training:
+            dest = &gates[0, 0, 0]
+        else:
+            terms = _terms_array(&x[0, 0, 0], G, T, B, G)
+            if terms is not None:
+                dest = <floating*>cnp.PyArray_DATA(terms)
         _forward_input(&si, &sw, &x[0, 0, 0], &w_ih[0, 0], &bias[0], w_p, T, B, D,
-                       G, R, len_p, &gates[0, 0, 0] if training else NULL, G)
+                       G, R, len_p, dest, G)
         tcb = <floating*>_alloc(B * H, sizeof(floating))
         scale = <floating*>_alloc(G, sizeof(floating))
         for k in range(G):
@@ -1679,17 +1706,20 @@ def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
     cdef const floating* xn       # a row's input term of n
     cdef const floating* bias_p = &bias[0]
     cdef floating* scale = NULL   # 1/2 for r and z (fused)
+    cdef cnp.ndarray terms        # unfused: the input terms of all steps
     cdef bint fused
     cdef _StepWeights sw
     cdef _StepInput si
     sw.data = si.hx = si.gx = si.h_panels = si.x_panels = NULL
-    si.own_gx = False
     try:
         if not training:
             buf = <floating*>_alloc(B * G, sizeof(floating))
         # fused, only r and z: n's input term stays apart from its recurrent one
+        terms = _terms_array(&x[0, 0, 0], 2 * H, T, B, G)
         _forward_input(&si, &sw, &x[0, 0, 0], &w_ih[0, 0], bias_p, w_p, T, B, D,
-                       G, H, len_p, NULL, 2 * H)
+                       G, H, len_p,
+                       NULL if terms is None else <floating*>cnp.PyArray_DATA(terms),
+                       2 * H)
         fused = si.hx != NULL
         gx_p = <const floating*>si.gx
         hnb = <floating*>_alloc(B * H, sizeof(floating))
@@ -1706,7 +1736,9 @@ def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
                 gb = &gates[t, 0, 0] if training else buf
                 if fused:
                     # r, z: their tanh arguments (halved: sigmoid); n's terms
-                    # W_hn h + b_hn into gb's n part, W_in x_t + b_in into nbuf
+                    # W_hn h + b_hn into gb's n part (as unfused, so that the
+                    # tanh over the whole block below reads finite numbers
+                    # there), W_in x_t + b_in into nbuf
                     _input_step(gb, h_p, w_p, &sw, &si, t, B, nb, G, H, scale)
                     if floating is float and nb > 0:
                         fastrnn_sgemm_panels(nb, H, H, <const float*>si.hx, H + D,
