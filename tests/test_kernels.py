@@ -86,6 +86,19 @@ def _inference(k, cell, c, reverse, relu=False):
     return dict(h=h, out=out)
 
 
+def _assert_matches_reference(backend, cell, c, reverse, relu=False):
+    """Training forward + backward, then inference, with ``backend`` against
+    the reference on case ``c``, within the dtype's tolerance."""
+    tol = TOL[c["x"].dtype.type]
+    want = _run(reference, cell, c, reverse, relu)
+    got = _run(get_kernels(backend), cell, c, reverse, relu)
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, err_msg=name, **tol)
+    inf = _inference(get_kernels(backend), cell, c, reverse, relu)
+    for name, value in inf.items():
+        np.testing.assert_allclose(value, want[name], err_msg="inference " + name, **tol)
+
+
 VARIANTS = [
     ("rnn", {}, False), ("rnn", {}, True),
     ("lstm", {}, False), ("lstm", dict(peephole=True), False),
@@ -102,14 +115,7 @@ VARIANTS = [
 def test_backend_matches_reference(backend, dtype, reverse, ragged, cell, opts, relu):
     c = _case(cell, dtype, seed=zlib.crc32(repr((cell, opts, reverse, ragged, relu)).encode()),
               ragged=ragged, **opts)
-    want = _run(reference, cell, c, reverse, relu)
-    got = _run(get_kernels(backend), cell, c, reverse, relu)
-    for name, value in want.items():
-        np.testing.assert_allclose(got[name], value, err_msg=name, **TOL[dtype])
-    inf = _inference(get_kernels(backend), cell, c, reverse, relu)
-    for name, value in inf.items():
-        np.testing.assert_allclose(value, want[name], err_msg="inference " + name,
-                                   **TOL[dtype])
+    _assert_matches_reference(backend, cell, c, reverse, relu)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -179,14 +185,7 @@ def test_step_product_paths(backend, panels, dtype, cell, H, lengths):
         # PyTorch's initial scale: at +-0.5 a 160-unit RNN is chaotic, and
         # float32 rounding alone then grows past the tolerance in 12 steps
         c["w_hh"] *= dtype(1 / np.sqrt(H))
-        want = _run(reference, cell, c, reverse)
-        got = _run(get_kernels(backend), cell, c, reverse)
-        for name, value in want.items():
-            np.testing.assert_allclose(got[name], value, err_msg=name, **TOL[dtype])
-        inf = _inference(get_kernels(backend), cell, c, reverse)
-        for name, value in inf.items():
-            np.testing.assert_allclose(value, want[name], err_msg="inference " + name,
-                                       **TOL[dtype])
+        _assert_matches_reference(backend, cell, c, reverse)
 
 
 @pytest.mark.parametrize("backend,panels", [(b, p) for b in BACKENDS
@@ -211,14 +210,7 @@ def test_input_projection_paths(backend, panels, dtype, cell, H, D, opts):
         c = _case(cell, dtype, seed=H + D + len(opts) + reverse + B, B=B, T=T, H=H,
                   D=D, ragged=B > 1, **opts)
         c["w_hh"] *= dtype(1 / np.sqrt(H))
-        want = _run(reference, cell, c, reverse)
-        got = _run(get_kernels(backend), cell, c, reverse)
-        for name, value in want.items():
-            np.testing.assert_allclose(got[name], value, err_msg=name, **TOL[dtype])
-        inf = _inference(get_kernels(backend), cell, c, reverse)
-        for name, value in inf.items():
-            np.testing.assert_allclose(value, want[name], err_msg="inference " + name,
-                                       **TOL[dtype])
+        _assert_matches_reference(backend, cell, c, reverse)
 
 
 def test_forward_checks_its_input_side():
