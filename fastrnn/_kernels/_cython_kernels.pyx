@@ -1009,14 +1009,16 @@ cdef inline bint _fuses(Py_ssize_t fused, Py_ssize_t T, Py_ssize_t B) noexcept n
             and B >= _FUSED_MIN_ROWS)
 
 
-cdef int _forward_input(_StepInput* si, _StepWeights* sw, const floating* x,
-                        const floating* w_ih, const floating* bias,
-                        const floating* w_hh, Py_ssize_t T, Py_ssize_t B,
-                        Py_ssize_t D, Py_ssize_t G, Py_ssize_t R,
-                        const int64_t* lengths, floating* dest,
-                        Py_ssize_t fused) except -1:
+cdef object _forward_input(_StepInput* si, _StepWeights* sw, const floating* x,
+                           const floating* w_ih, const floating* bias,
+                           const floating* w_hh, Py_ssize_t T, Py_ssize_t B,
+                           Py_ssize_t D, Py_ssize_t G, Py_ssize_t R,
+                           const int64_t* lengths, floating* dest,
+                           Py_ssize_t fused):
     """Prepare a forward call's step products: the recurrent weights in ``sw``
-    and the input terms in ``si``. ``_free_input`` releases both.
+    and the input terms in ``si``. ``_free_input`` releases both, except the
+    array returned, which the caller keeps for the call (None when there is
+    none).
 
     Fused (float32 and :func:`_fuses`): each step multiplies the rows
     ``[h_{t-1} | x_t]`` by the first ``fused`` columns of ``[W_hh | W_ih].T``
@@ -1028,11 +1030,13 @@ cdef int _forward_input(_StepInput* si, _StepWeights* sw, const floating* x,
     K=128 to 160; the GEMM wrote 26 MB that the steps read back); 0.88 at
     B=32; at B=1 not faster (LSTM 0.97, RNN 1.12), hence the batch minimum.
     Otherwise one GEMM over all steps writes them into ``dest`` (T, B, G),
-    which must then be given (the caller's ``out``, ``gates`` or a NumPy
-    array: allocated as the layers' arrays are, see :mod:`fastrnn._memory`).
-    Out of memory for the packed weights, it raises MemoryError."""
+    the caller's ``out`` or ``gates``; or, when ``dest`` is NULL, into a new
+    NumPy array, returned, so that the layers' memory reuse
+    (:mod:`fastrnn._memory`) serves it as it served the layers' own. Out of
+    memory for the packed weights, it raises MemoryError."""
     cdef Py_ssize_t K = R + D, i, r0, r1, n = T * B
     cdef floating* w_cat
+    cdef cnp.ndarray terms = None
     si.gx = si.hx = si.h_panels = si.x_panels = NULL
     si.fused = 0
     si.x = x
@@ -1058,9 +1062,10 @@ cdef int _forward_input(_StepInput* si, _StepWeights* sw, const floating* x,
             sw.panels = True
             si.fused = fused
             si.hx = _alloc(B * K, sizeof(floating))
-            return 0
+            return None
     if dest == NULL:
-        raise ValueError("_forward_input: unfused, the input terms need an array")
+        terms = np.empty((T, B, G), np.float32 if floating is float else np.float64)
+        dest = <floating*>cnp.PyArray_DATA(terms)
     _forward_weights(sw, w_hh, G, R, lengths, B, T)
     si.gx = dest
     with nogil:
@@ -1071,19 +1076,7 @@ cdef int _forward_input(_StepInput* si, _StepWeights* sw, const floating* x,
             r1 = min(n, r0 + (1 << 30))
             _gemm_rm(False, True, r1 - r0, G, D, x + r0 * D, D, w_ih, D, 1,
                      dest + r0 * G, G)
-    return 0
-
-
-cdef cnp.ndarray _terms_array(const floating* x, Py_ssize_t fused, Py_ssize_t T,
-                              Py_ssize_t B, Py_ssize_t G):
-    """A new (T, B, G) array for the input terms of a forward call (``x`` gives
-    the dtype) that has none of the caller's to keep them in; None if the call
-    fuses (:func:`_fuses`). A NumPy array, so that the layers' memory reuse
-    (:mod:`fastrnn._memory`) serves it as it served the layers' own."""
-    if floating is float:
-        if _fuses(fused, T, B):
-            return None
-    return np.empty((T, B, G), np.float32 if floating is float else np.float64)
+    return terms
 
 
 cdef void _free_input(_StepInput* si, _StepWeights* sw) noexcept:
@@ -1410,8 +1403,7 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
     cdef floating* tcb = NULL     # tanh(c_t)
     cdef floating* hcell = NULL   # o * tanh(c_t) before the projection
     cdef floating* scale = NULL   # 1/2 for the sigmoid gates, 1 for g
-    cdef floating* dest = NULL    # unfused: the input terms of all steps
-    cdef cnp.ndarray terms = None
+    cdef object terms             # unfused, in eval: the input terms of all steps
     cdef _StepWeights sw
     cdef _StepInput si
     sw.data = si.hx = si.gx = si.h_panels = si.x_panels = NULL
@@ -1420,14 +1412,9 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
             buf = <floating*>_alloc(B * G, sizeof(floating))
         # unfused, the training cache holds the input terms until each step
         # replaces its own with its gates
-        if training:
-            dest = &gates[0, 0, 0]
-        else:
-            terms = _terms_array(&x[0, 0, 0], G, T, B, G)
-            if terms is not None:
-                dest = <floating*>cnp.PyArray_DATA(terms)
-        _forward_input(&si, &sw, &x[0, 0, 0], &w_ih[0, 0], &bias[0], w_p, T, B, D,
-                       G, R, len_p, dest, G)
+        terms = _forward_input(&si, &sw, &x[0, 0, 0], &w_ih[0, 0], &bias[0], w_p, T,
+                               B, D, G, R, len_p, &gates[0, 0, 0] if training else NULL,
+                               G)
         tcb = <floating*>_alloc(B * H, sizeof(floating))
         scale = <floating*>_alloc(G, sizeof(floating))
         for k in range(G):
@@ -1706,7 +1693,7 @@ def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
     cdef const floating* xn       # a row's input term of n
     cdef const floating* bias_p = &bias[0]
     cdef floating* scale = NULL   # 1/2 for r and z (fused)
-    cdef cnp.ndarray terms        # unfused: the input terms of all steps
+    cdef object terms             # unfused: the input terms of all steps
     cdef bint fused
     cdef _StepWeights sw
     cdef _StepInput si
@@ -1715,11 +1702,8 @@ def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
         if not training:
             buf = <floating*>_alloc(B * G, sizeof(floating))
         # fused, only r and z: n's input term stays apart from its recurrent one
-        terms = _terms_array(&x[0, 0, 0], 2 * H, T, B, G)
-        _forward_input(&si, &sw, &x[0, 0, 0], &w_ih[0, 0], bias_p, w_p, T, B, D,
-                       G, H, len_p,
-                       NULL if terms is None else <floating*>cnp.PyArray_DATA(terms),
-                       2 * H)
+        terms = _forward_input(&si, &sw, &x[0, 0, 0], &w_ih[0, 0], bias_p, w_p, T, B,
+                               D, G, H, len_p, NULL, 2 * H)
         fused = si.hx != NULL
         gx_p = <const floating*>si.gx
         hnb = <floating*>_alloc(B * H, sizeof(floating))
