@@ -102,8 +102,9 @@ class FastrnnRunner:
         for d in range(self.nd):
             g_h[-self.nd + d] = g_last[:, d * self.sc.H:(d + 1) * self.sc.H]
         grad_h_n = (g_h, None) if isinstance(h_n, tuple) else g_h
-        # the data needs no gradient (PyTorch's x does not require one either)
-        self.layer.backward(np.zeros_like(out), grad_h_n, input_grad=False)
+        # the loss reads no output but h_n, and the data needs no gradient (as
+        # in PyTorch's step, where x does not require one)
+        self.layer.backward(None, grad_h_n, input_grad=False)
         return self.layer.grads
 
 

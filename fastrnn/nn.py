@@ -490,13 +490,16 @@ class _RNNBase:
 
     # -------------------------------------------------------------- backward
 
-    def backward(self, grad_output, grad_h_n=None, *, input_grad=True):
+    def backward(self, grad_output=None, grad_h_n=None, *, input_grad=True):
         """Backpropagate through time from the last :meth:`forward` call.
 
         Parameters
         ----------
-        grad_output : array-like, shape of the forward's ``output``
-            Gradient of the loss w.r.t. the output.
+        grad_output : array-like, shape of the forward's ``output``, optional
+            Gradient of the loss w.r.t. the output. None when the loss does
+            not depend on it (only on the final state, ``grad_h_n``): the
+            kernels then read no output gradient at all, where an array of
+            zeros would cost its allocation, check and reading.
         grad_h_n : array-like, shape of ``h_n``, optional
             Gradient w.r.t. the final state (zeros if omitted). For an LSTM,
             either a ``(grad_h_n, grad_c_n)`` tuple (either may be None) or the
@@ -531,8 +534,9 @@ class _RNNBase:
         (T, B), unbatched = cache["shape"], cache["unbatched"]
         R, H = self._state_size, self.hidden_size
         L = self.num_layers * self._num_directions
-        dy = self._from_user_layout(grad_output, (T, B, self._num_directions * R),
-                                    unbatched, "grad_output")
+        dy = (None if grad_output is None else
+              self._from_user_layout(grad_output, (T, B, self._num_directions * R),
+                                     unbatched, "grad_output"))
         gh, gc = grad_h_n, None
         if self._cell == "lstm" and isinstance(grad_h_n, tuple):
             if len(grad_h_n) != 2:
@@ -545,7 +549,7 @@ class _RNNBase:
 
         def run(part_cache):
             part, pcache = part_cache
-            return self._backward_batch(pcache, dy[:, part], dh_all[:, part],
+            return self._backward_batch(pcache, _take(dy, part), dh_all[:, part],
                                         _take(dc_all, part), input_grad)
 
         results = _map_parts(run, cache["parts"])
@@ -589,7 +593,10 @@ class _RNNBase:
                 w_ih, w_hh, _, _, _, _, sfx = self._weights(k, d)
                 dcache = layer["dirs"][d]
                 out = layer["outs"][d]
-                dout = np.ascontiguousarray(dy[:, :, d * R:(d + 1) * R])
+                # the top layer's output may have no gradient (the kernels'
+                # zero-size dout)
+                dout = (np.zeros((0, 0, 0), dt) if dy is None else
+                        np.ascontiguousarray(dy[:, :, d * R:(d + 1) * R]))
                 dh = dh_all[idx].copy()
                 dgx = np.empty((T, B, G * H), dt)
                 reverse = bool(d)

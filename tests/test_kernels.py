@@ -118,6 +118,35 @@ def test_backend_matches_reference(backend, dtype, reverse, ragged, cell, opts, 
     _assert_matches_reference(backend, cell, c, reverse, relu)
 
 
+@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell,opts,relu", VARIANTS)
+def test_backward_without_output_gradient(backend, dtype, cell, opts, relu):
+    """``dout`` of shape (0, 0, 0) (a loss on the final state only) gives what
+    the reference gives for a ``dout`` of zeros, in both directions, ragged."""
+    tol = TOL[dtype]
+    for reverse in (False, True):
+        c = _case(cell, dtype, seed=5, ragged=True, **opts)
+        c["dout"] = np.zeros_like(c["dout"])
+        want = _run(reference, cell, c, reverse, relu)
+        c["dout"] = np.zeros((0, 0, 0), dtype)
+        got = _run(get_kernels(backend), cell, c, reverse, relu)
+        for name, value in want.items():
+            np.testing.assert_allclose(got[name], value, err_msg=name, **tol)
+
+
+def test_backward_checks_the_output_gradient():
+    """The Cython backward refuses a ``dout`` that is neither (T, B, R) nor (0, 0, 0)."""
+    pytest.importorskip("fastrnn._kernels._cython_kernels")
+    k = get_kernels("cython")
+    for cell in ("rnn", "lstm", "gru"):
+        c = _case(cell, np.float64, seed=2)
+        for shape in [(0, c["B"], c["R"]), (c["T"], c["B"], c["R"] + 1), (1, 1, 1)]:
+            c["dout"] = np.zeros(shape)
+            with pytest.raises(ValueError, match="dout"):
+                _run(k, cell, c, False)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_batch_of_one_and_single_step(backend, cell):

@@ -327,6 +327,56 @@ def test_backward_without_input_gradient_keeps_every_other_gradient(
         np.testing.assert_array_equal(skipped[k], full[k], err_msg=k)
 
 
+def _flat(grads):
+    """A backward's result as a flat tuple: grad_x, then each initial state's."""
+    grad_x, grad_hx = grads
+    return (grad_x,) + (grad_hx if isinstance(grad_hx, tuple) else (grad_hx,))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name,cls,opts", CELLS, ids=[c[0] for c in CELLS])
+@pytest.mark.parametrize("min_samples", [10 ** 9, 3], ids=["whole", "split"])
+def test_backward_without_output_gradient_equals_zeros(monkeypatch, backend, name, cls,
+                                                       opts, min_samples):
+    """grad_output=None (a loss on the final state only) gives every gradient
+    that a grad_output of zeros gives (two layers, dropout, ragged), also for
+    batch-first and unbatched input."""
+    import fastrnn._config as config
+
+    monkeypatch.setattr(config, "MIN_SAMPLES_PER_THREAD", min_samples)
+    rng = np.random.default_rng(10)
+    T, B = 5, 7
+    layer = make_layer(cls, opts, num_layers=2, bidirectional=True, dropout=0.3,
+                       dtype=np.float64, backend=backend, random_state=1)
+    x = rng.standard_normal((T, B, 3))
+    lengths = random_lengths(rng, B, T)
+    state = layer._rng.get_state()
+    results = []
+    for zeros in (True, False):
+        layer._rng.set_state(state)  # the same dropout masks both times
+        with config.thread_limit(2):
+            out, h_n = layer(x, lengths=lengths)
+            w_h = _loss_weights(np.random.default_rng(11), out, h_n)[1]
+            grads = layer.backward(np.zeros_like(out) if zeros else None, w_h)
+        results.append((grads, dict(layer.grads)))
+    (g_zero, p_zero), (g_none, p_none) = results
+    for a, b in zip(_flat(g_zero), _flat(g_none)):  # grad_x and the initial states'
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+    assert set(p_none) == set(p_zero)
+    for k in p_zero:
+        np.testing.assert_allclose(p_none[k], p_zero[k], rtol=1e-12, atol=1e-14, err_msg=k)
+
+    # the layouts' own paths: batch first, and one unbatched sequence
+    for batch_first, xs in ((True, x.transpose(1, 0, 2)), (False, x[:, 0])):
+        layer = make_layer(cls, opts, batch_first=batch_first, dtype=np.float64,
+                           backend=backend, random_state=2)
+        out, h_n = layer(xs)
+        w_h = _loss_weights(np.random.default_rng(12), out, h_n)[1]
+        want = layer.backward(np.zeros_like(out), w_h)[0]
+        np.testing.assert_allclose(layer.backward(None, w_h)[0], want, rtol=1e-12,
+                                   atol=1e-14)
+
+
 def test_required_backends_load():
     """numba is a runtime dependency: its backend must always load."""
     assert {"reference", "numba"} <= set(BACKENDS), BACKENDS

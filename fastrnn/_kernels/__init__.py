@@ -60,17 +60,18 @@ of every step in ``out`` or ``gates`` until the step replaces them).
 ``ghn``   (T, B, H)    GRU ``W_hn h_{t-1} + b_hn`` (training only).
 
 Backward: ``dout`` (T, B, R) is the gradient w.r.t. ``out`` (entries where a
-sample is inactive are ignored); ``dh`` (and ``dc``) hold the gradient w.r.t.
-the final state on entry and the gradient w.r.t. the initial state on return.
-The kernel writes every entry of ``dgx`` (T, B, G*H), the gradient w.r.t. the
-input terms ``gx`` (zero where inactive). For the GRU it also writes
-``dgh`` (T, B, 3H), the gradient w.r.t. ``W_hh h_{t-1} + b_hh`` (its n part is
-``dgx``'s times ``r``); for RNN and LSTM that gradient equals ``dgx``.
-``dpeep`` (3, H) is *overwritten* with the peephole gradient (shape (0, H) when
-there is none). ``dhr`` (T, B, P) receives the gradient w.r.t. the projected
-``h_t`` (what ``W_hr``'s gradient needs), zero where inactive; shape (0, 0, 0)
-without projection. ``c0`` (B, H) and ``h0`` (B, R) are the initial states the
-forward pass started from.
+sample is inactive are ignored), or of shape (0, 0, 0) when there is none (a
+loss on the final state only): the kernel reads it as zeros. ``dh`` (and
+``dc``) hold the gradient w.r.t. the final state on entry and the gradient
+w.r.t. the initial state on return. The kernel writes every entry of ``dgx``
+(T, B, G*H), the gradient w.r.t. the input terms ``gx`` (zero where inactive).
+For the GRU it also writes ``dgh`` (T, B, 3H), the gradient w.r.t. ``W_hh
+h_{t-1} + b_hh`` (its n part is ``dgx``'s times ``r``); for RNN and LSTM that
+gradient equals ``dgx``. ``dpeep`` (3, H) is *overwritten* with the peephole
+gradient (shape (0, H) when there is none). ``dhr`` (T, B, P) receives the
+gradient w.r.t. the projected ``h_t`` (what ``W_hr``'s gradient needs), zero
+where inactive; shape (0, 0, 0) without projection. ``c0`` (B, H) and ``h0``
+(B, R) are the initial states the forward pass started from.
 
 A kernel allocates nothing per time step and holds no Python objects in its
 loop, so compiled backends can run it without the GIL.

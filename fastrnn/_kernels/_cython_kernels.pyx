@@ -1218,6 +1218,24 @@ cdef int _expect(str name, Py_ssize_t* shape, int ndim,
     return 0
 
 
+cdef bint _has_out_grad(Py_ssize_t* shape, Py_ssize_t T, Py_ssize_t B,
+                        Py_ssize_t R) except -1:
+    """Whether a backward's ``dout`` (its shape) holds an output gradient, which
+    must then be (T, B, R); shape (0, 0, 0) is none."""
+    if shape[0] == 0 and shape[1] == 0 and shape[2] == 0:
+        return False
+    _expect("dout", shape, 3, T, B, R)
+    return True
+
+
+cdef floating* _zeros(floating* like, Py_ssize_t n) except NULL:
+    """``n`` zeros of the type of ``like`` (which may be NULL), to ``free``: the
+    rows a backward reads in place of an output gradient it was not given."""
+    cdef floating* p = <floating*>_alloc(n, sizeof(floating))
+    _zero(p, n)
+    return p
+
+
 cdef int _check_lengths(const int64_t[::1] lengths, Py_ssize_t B,
                         Py_ssize_t T) except -1:
     """``lengths`` must have ``B`` entries in [1, T], sorted non-increasing."""
@@ -1303,9 +1321,9 @@ def rnn_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
     """Vanilla RNN backward through time; fills ``dgx`` and turns ``dh`` into d h0."""
     cdef Py_ssize_t T = out.shape[0], B = out.shape[1], H = out.shape[2]
     _expect("w_hh", w_hh.shape, 2, H, H)
-    _expect("dout", dout.shape, 3, T, B, H)
     _expect("dh", dh.shape, 2, B, H)
     _expect("dgx", dgx.shape, 3, T, B, H)
+    cdef bint has_dout = _has_out_grad(dout.shape, T, B, H)
     _check_lengths(lengths, B, T)
     if T == 0 or B == 0:
         return
@@ -1317,16 +1335,20 @@ def rnn_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
     cdef const floating* got
     cdef floating* dat
     cdef floating m, zero = 0, one = 1
+    cdef floating* no_dout = NULL  # zeros read as dout when there is none
     cdef _StepWeights sw
-    _backward_weights(&sw, w_p, H, H, B, T)
+    sw.data = NULL
     try:
+        if not has_dout:
+            no_dout = _zeros(dh_p, B * H)
+        _backward_weights(&sw, w_p, H, H, B, T)
         with nogil:
             for s in range(T):
                 # the reverse of the forward walk
                 t = s if reverse else T - 1 - s
                 nb = _n_active(len_p, B, t)
                 yt = &out[t, 0, 0]
-                got = &dout[t, 0, 0]
+                got = &dout[t, 0, 0] if no_dout == NULL else no_dout
                 dat = &dgx[t, 0, 0]
                 if relu:
                     for k in range(nb * H):
@@ -1342,6 +1364,7 @@ def rnn_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
                     _back_product(dh_p, dat, w_p, &sw, nb, H, H, False)
     finally:
         free(sw.data)
+        free(no_dout)
 
 
 
@@ -1518,7 +1541,7 @@ def lstm_backward(const floating[:, ::1] w_hh, const floating[:, ::1] w_hr,
         _expect("dpeep", dpeep.shape, 2, 3, H)
     _expect("gates", gates.shape, 3, T, B, G)
     _expect("cs", cs.shape, 3, T, B, H)
-    _expect("dout", dout.shape, 3, T, B, R)
+    cdef bint has_dout = _has_out_grad(dout.shape, T, B, R)
     _expect("dh", dh.shape, 2, B, R)
     _expect("dc", dc.shape, 2, B, H)
     _expect("dgx", dgx.shape, 3, T, B, G)
@@ -1554,9 +1577,12 @@ def lstm_backward(const floating[:, ::1] w_hh, const floating[:, ::1] w_hr,
     cdef floating* ghbuf = NULL   # gradient w.r.t. h_cell (before the projection)
     cdef floating* tcb = NULL     # tanh(c_t)
     cdef double* dpacc = NULL     # peephole gradient, accumulated in double
+    cdef floating* no_dout = NULL  # zeros read as dout when there is none
     cdef _StepWeights sw
     sw.data = NULL
     try:
+        if not has_dout:
+            no_dout = _zeros(dh_p, B * R)
         _backward_weights(&sw, w_p, G, R, B, T)
         ghbuf = <floating*>_alloc(B * H, sizeof(floating))
         tcb = <floating*>_alloc(B * H, sizeof(floating))
@@ -1570,7 +1596,7 @@ def lstm_backward(const floating[:, ::1] w_hh, const floating[:, ::1] w_hr,
             for s in range(T):
                 t = s if reverse else T - 1 - s
                 nb = _n_active(len_p, B, t)
-                got = &dout[t, 0, 0]
+                got = &dout[t, 0, 0] if no_dout == NULL else no_dout
                 # g_h = dout[t] + dh (through W_hr when projected); the active
                 # rows are one contiguous block
                 if has_proj:
@@ -1646,6 +1672,7 @@ def lstm_backward(const floating[:, ::1] w_hh, const floating[:, ::1] w_hr,
         free(ghbuf)
         free(tcb)
         free(dpacc)
+        free(no_dout)
         free(sw.data)
 
 
@@ -1796,7 +1823,7 @@ def gru_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
     _expect("h0", h0.shape, 2, B, H)
     _expect("gates", gates.shape, 3, T, B, G)
     _expect("ghn", ghn.shape, 3, T, B, H)
-    _expect("dout", dout.shape, 3, T, B, H)
+    cdef bint has_dout = _has_out_grad(dout.shape, T, B, H)
     _expect("dh", dh.shape, 2, B, H)
     _expect("dgx", dgx.shape, 3, T, B, G)
     _expect("dgh", dgh.shape, 3, T, B, G)
@@ -1815,9 +1842,13 @@ def gru_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
     cdef floating* dxr
     cdef floating* drr
     cdef floating r, z, n, g, dan, dar, one = 1
+    cdef floating* no_dout = NULL  # zeros read as dout when there is none
     cdef _StepWeights sw
-    _backward_weights(&sw, w_p, G, H, B, T)
+    sw.data = NULL
     try:
+        if not has_dout:
+            no_dout = _zeros(dh_p, B * H)
+        _backward_weights(&sw, w_p, G, H, B, T)
         with nogil:
             for s in range(T):
                 t = s if reverse else T - 1 - s
@@ -1832,7 +1863,7 @@ def gru_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
                     else:
                         hpr = &out[t - 1, b, 0]
                     ghr = &ghn[t, b, 0]
-                    gor = &dout[t, b, 0]
+                    gor = &dout[t, b, 0] if no_dout == NULL else no_dout + b * H
                     dhb = dh_p + b * H
                     dxr = &dgx[t, b, 0]
                     drr = &dgh[t, b, 0]
@@ -1858,4 +1889,5 @@ def gru_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
                     _back_product(dh_p, &dgh[t, 0, 0], w_p, &sw, nb, H, G, True)
     finally:
         free(sw.data)
+        free(no_dout)
 

@@ -122,6 +122,18 @@ def _sigmoid_overload(x, one):
 
 
 @_jit
+def _has_out_grad(dout):
+    """Whether ``dout`` holds a gradient w.r.t. the output: shape (0, 0, 0) is none."""
+    return not (dout.shape[0] == 0 and dout.shape[1] == 0 and dout.shape[2] == 0)
+
+
+@_jit
+def _out_grad(dout, has, t, b, j):
+    """``dout[t, b, j]``, or zero when there is no output gradient (``has`` false)."""
+    return dout[t, b, j] if has else dout.dtype.type(0)
+
+
+@_jit
 def _check_lengths(lengths, B, T):
     """Raise ValueError unless ``lengths`` is (B,), non-increasing, in [1, T]."""
     if lengths.shape[0] != B:
@@ -220,18 +232,20 @@ def _rnn_backward(w_hh, lengths, reverse, relu, out, dout, dh, dgx):
     _check_lengths(lengths, B, T)
     zero = out.dtype.type(0)
     one = out.dtype.type(1)
+    has_dout = _has_out_grad(dout)
     for s in range(T):
         t = _step(s, T, not reverse)
         nb = _n_active(lengths, t)
         for b in range(nb):
             if relu:
                 for j in range(H):
-                    g = dout[t, b, j] + dh[b, j]
+                    g = _out_grad(dout, has_dout, t, b, j) + dh[b, j]
                     dgx[t, b, j] = g if out[t, b, j] > zero else zero
             else:
                 for j in range(H):
                     y = out[t, b, j]
-                    dgx[t, b, j] = (dout[t, b, j] + dh[b, j]) * (one - y * y)
+                    g = _out_grad(dout, has_dout, t, b, j) + dh[b, j]
+                    dgx[t, b, j] = g * (one - y * y)
         _zero_rows(dgx, t, nb)
         np.dot(dgx[t, :nb], w_hh, dh[:nb])
 
@@ -324,6 +338,7 @@ def _lstm_backward(w_hh, w_hr, peep, lengths, reverse, c0, out, gates, cs, hc,
     _check_lengths(lengths, B, T)
     has_peep = peep.shape[0] > 0
     has_proj = w_hr.shape[0] > 0
+    has_dout = _has_out_grad(dout)
     one = out.dtype.type(1)
     two = out.dtype.type(2)
     g_hcell = np.empty((B if has_proj else 0, H), out.dtype)  # (dout + dh) @ W_hr
@@ -336,7 +351,7 @@ def _lstm_backward(w_hh, w_hr, peep, lengths, reverse, c0, out, gates, cs, hc,
         if has_proj:
             for b in range(nb):
                 for k in range(R):
-                    dhr[t, b, k] = dout[t, b, k] + dh[b, k]
+                    dhr[t, b, k] = _out_grad(dout, has_dout, t, b, k) + dh[b, k]
             _zero_rows(dhr, t, nb)
             np.dot(dhr[t, :nb], w_hr, g_hcell[:nb])
         if has_peep:
@@ -347,7 +362,7 @@ def _lstm_backward(w_hh, w_hr, peep, lengths, reverse, c0, out, gates, cs, hc,
                 if has_proj:
                     g_h = g_hcell[b, j]
                 else:
-                    g_h = dout[t, b, j] + dh[b, j]
+                    g_h = _out_grad(dout, has_dout, t, b, j) + dh[b, j]
                 i = gates[t, b, j]
                 f = gates[t, b, H + j]
                 g = gates[t, b, 2 * H + j]
@@ -425,6 +440,7 @@ def _gru_backward(w_hh, lengths, reverse, h0, out, gates, ghn, dout, dh, dgx, dg
     T, B, H = out.shape
     _check_lengths(lengths, B, T)
     one = out.dtype.type(1)
+    has_dout = _has_out_grad(dout)
     gz = np.empty((B, H), out.dtype)  # the direct path g * z of dh
     for s in range(T):
         t = _step(s, T, not reverse)
@@ -436,7 +452,7 @@ def _gru_backward(w_hh, lengths, reverse, h0, out, gates, ghn, dout, dh, dgx, dg
                 z = gates[t, b, H + j]
                 n = gates[t, b, 2 * H + j]
                 h_prev = h0[b, j] if tp < 0 else out[tp, b, j]
-                g = dout[t, b, j] + dh[b, j]
+                g = _out_grad(dout, has_dout, t, b, j) + dh[b, j]
                 dan = g * (one - z) * (one - n * n)
                 daz = g * (h_prev - n) * z * (one - z)
                 dar = dan * ghn[t, b, j] * r * (one - r)

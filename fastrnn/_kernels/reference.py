@@ -24,6 +24,12 @@ def input_terms(x, w_ih, bias):
         return x @ w_ih.T + bias
 
 
+def _out_grad(dout, t):
+    """``dout[t]``, or 0 where ``dout`` has shape (0, 0, 0): no gradient
+    w.r.t. the output."""
+    return 0 if dout.shape == (0, 0, 0) else dout[t]
+
+
 def _steps(T, reverse):
     return range(T - 1, -1, -1) if reverse else range(T)
 
@@ -65,7 +71,7 @@ def rnn_backward(w_hh, lengths, reverse, relu, out, dout, dh, dgx):
     """Vanilla RNN backward through time; fills ``dgx`` and turns ``dh`` into d h0."""
     for t in _steps(out.shape[0], not reverse):
         active = (lengths > t)[:, None]
-        g = dout[t] + dh
+        g = _out_grad(dout, t) + dh
         da = g * (out[t] > 0) if relu else g * (1 - out[t] ** 2)
         da = np.where(active, da, 0)
         dgx[t] = da
@@ -121,7 +127,7 @@ def lstm_backward(w_hh, w_hr, peep, lengths, reverse, c0, out, gates, cs, hc,
         i, f, g, o = (gates[t, :, k * H:(k + 1) * H] for k in range(4))
         c_t = cs[t]
         c_prev = _prev_state(cs, c0, t, lengths, reverse)
-        g_h = dout[t] + dh
+        g_h = _out_grad(dout, t) + dh
         if has_proj:
             dhr[t] = np.where(active, g_h, 0)
             g_h = g_h @ w_hr
@@ -178,7 +184,7 @@ def gru_backward(w_hh, lengths, reverse, h0, out, gates, ghn, dout, dh, dgx, dgh
         active = (lengths > t)[:, None]
         r, z, n = (gates[t, :, k * H:(k + 1) * H] for k in range(3))
         h_prev = _prev_state(out, h0, t, lengths, reverse)
-        g = dout[t] + dh
+        g = _out_grad(dout, t) + dh
         dan = g * (1 - z) * (1 - n ** 2)
         daz = g * (h_prev - n) * z * (1 - z)
         dar = dan * ghn[t] * r * (1 - r)
