@@ -20,7 +20,7 @@ from functools import reduce
 import numpy as np
 
 from . import _config, _kernels
-from ._blas import flush_denormals, matmul, take_rows
+from ._blas import column_sums, flush_denormals, matmul, take_rows
 from ._memory import reuse_array_memory
 from ._validation import as_float_array, as_random_state, check_lengths
 
@@ -637,11 +637,11 @@ class _RNNBase:
                 grads[f"weight_hh_{sfx}"] = self._grad_w_hh(dgh, dgh_rows, rows, out, h0,
                                                             lengths, reverse)
                 if self.bias:
-                    g_b = dg_rows.sum(axis=0)
+                    g_b = column_sums(dg_rows)
                     grads[f"bias_ih_{sfx}"] = g_b
                     # both biases enter as one sum but for the GRU's b_hn
                     grads[f"bias_hh_{sfx}"] = (g_b.copy() if dgh is dgx else
-                                               dgh_rows.sum(axis=0))
+                                               column_sums(dgh_rows))
                 if need_dx:
                     matmul(dgx2, w_ih, out=dx, accumulate=True)
             if need_dx:

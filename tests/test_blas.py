@@ -167,6 +167,39 @@ def test_take_rows_matches_numpy_indexing(monkeypatch, use_kernels, dtype):
         _blas.take_rows(base, np.array([0, -1], np.int64))
 
 
+@pytest.mark.parametrize("use_kernels", [True, False], ids=["cython", "numpy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_column_sums_match_a_float64_sum(monkeypatch, use_kernels, dtype):
+    """column_sums (the bias gradients) against NumPy's float64 sum of the same
+    numbers, within the bound of an n-term sum in the dtype; for empty shapes,
+    views and NaN it equals NumPy's own result."""
+    if use_kernels and _blas._column_sums is None:
+        pytest.skip("SKIPPED LOUDLY: the Cython extension is not built")
+    if not use_kernels:
+        monkeypatch.setattr(_blas, "_column_sums", None)
+    rng = np.random.default_rng(1)
+    eps = np.finfo(dtype).eps
+    for n, m in [(1, 1), (7, 3), (1600, 128), (300, 513)]:
+        a = rng.standard_normal((n, m)).astype(dtype)
+        got = _blas.column_sums(a)
+        assert got.shape == (m,) and got.dtype == dtype
+        want = a.astype(np.float64).sum(axis=0)
+        bound = (n + 1) * eps * np.abs(a).astype(np.float64).sum(axis=0)
+        assert np.all(np.abs(got - want) <= bound)
+    base = rng.standard_normal((6, 8)).astype(dtype)
+    for a in (base[::2], base[:, 1:5], np.zeros((0, 4), dtype), np.zeros((3, 0), dtype)):
+        np.testing.assert_allclose(_blas.column_sums(a), a.sum(axis=0),
+                                   rtol=10 * eps, atol=10 * eps)
+    base[2, 3] = np.nan
+    assert np.isnan(_blas.column_sums(base)[3]) and not np.isnan(_blas.column_sums(base)[2])
+
+
+def test_column_sums_rejects_a_wrong_output():
+    kernels = pytest.importorskip("fastrnn._kernels._cython_kernels")
+    with pytest.raises(ValueError, match="column_sums"):
+        kernels.column_sums(np.ones((3, 4)), np.empty(3))
+
+
 @pytest.mark.parametrize("bad", [9, -1, 2 ** 40])
 def test_take_rows_refuses_out_of_range_indices(bad):
     """Every index is checked before a byte is copied (the kernel has no bounds

@@ -1154,6 +1154,43 @@ def gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
                  b.shape[1], beta_, &c[0, 0], n)
 
 
+def column_sums(const floating[:, ::1] a, floating[::1] out):
+    """``out = a.sum(axis=0)`` through the kernels' BLAS (a product with a
+    vector of ones), without the GIL.
+
+    Not one of the six kernels: the layers' bias gradients, the sums of the
+    gate gradients over all steps and samples. NumPy's reduction along the
+    first axis ran at a quarter of the memory's speed here: 40 us for
+    1600 x 128 float32, against 11 us for the product (a plain loop adding row
+    after row, vectorised by gcc, took 22 us).
+    """
+    cdef Py_ssize_t n = a.shape[0], m = a.shape[1], i
+    if out.shape[0] != m:
+        raise ValueError(f"column_sums: out has {out.shape[0]} entries, a has {m} columns")
+    if max(n, m) >= 2 ** 31:
+        raise OverflowError(f"column_sums: dimension beyond BLAS's 32-bit range: {(n, m)}")
+    if m == 0:
+        return
+    if n == 0:
+        out[:] = 0
+        return
+    cdef floating* ones = <floating*>_alloc(n, sizeof(floating))
+    cdef int m_ = <int>m, n_ = <int>n, one = 1
+    cdef floating alpha = 1, beta = 0
+    cdef char* nt = b"N"
+    with nogil:
+        for i in range(n):
+            ones[i] = 1
+        # column-major, a is the (m, n) matrix a.T: out = a.T @ ones
+        if floating is float:
+            sgemv(nt, &m_, &n_, &alpha, <float*>&a[0, 0], &m_, ones, &one, &beta,
+                  &out[0], &one)
+        else:
+            dgemv(nt, &m_, &n_, &alpha, <double*>&a[0, 0], &m_, ones, &one, &beta,
+                  &out[0], &one)
+    free(ones)
+
+
 def take_rows(const floating[:, :, :] a, const int64_t[::1] index,
               floating[:, :, ::1] out):
     """``out[t, i] = a[t, index[i]]`` for every ``t`` and ``i``, without the GIL.
