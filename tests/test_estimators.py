@@ -143,6 +143,10 @@ _FLOAT32_REASON = ("equivalence holds to float32 rounding (~1e-7 relative per "
                    "instances pass it")
 
 
+_SUBSET_FLOAT32_REASON = ("a sample alone (a one-row product, GEMV) and in a batch "
+                          "(panels of 8 rows) sums its products in different orders, "
+                          "so float32 outputs may differ by an ulp or two (2.4e-7 "
+                          "seen); the check allows 1e-7; the float64 instances pass it")
 _Y_COLUMN_REASON = ("for a per-step classifier a 2-D y holds one label per time "
                     "step, so a column vector y is not a 1-D y in disguise")
 
@@ -153,7 +157,8 @@ def _expected_failed_checks(estimator):
     if isinstance(estimator, PER_STEP) and not isinstance(estimator, _PerStepAdapter):
         return {name: _PER_STEP_REASON for name in _CHECKS_FITTING_WITH_PER_SEQUENCE_Y}
     if np.dtype(getattr(estimator, "dtype", np.float64)) == np.float32:
-        return {"check_sample_weight_equivalence_on_dense_data": _FLOAT32_REASON}
+        return {"check_sample_weight_equivalence_on_dense_data": _FLOAT32_REASON,
+                "check_methods_subset_invariance": _SUBSET_FLOAT32_REASON}
     return {}
 
 

@@ -135,6 +135,64 @@ def test_backward_without_output_gradient(backend, dtype, cell, opts, relu):
             np.testing.assert_allclose(got[name], value, err_msg=name, **tol)
 
 
+@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell,opts,relu", VARIANTS)
+@pytest.mark.parametrize("T,B", [(7, 5), (20, 16), (20, 1)])
+def test_forward_fills_a_batch_slice_of_a_larger_output(backend, dtype, cell, opts, relu,
+                                                        T, B):
+    """A forward whose ``out`` is a batch slice of a larger array (steps apart,
+    each step's rows contiguous) fills it as the reference fills a contiguous
+    one, in eval and training mode and both directions, and touches nothing
+    else of the larger array (T=20, B=16: the fused projection)."""
+    tol = TOL[dtype]
+    c = _case(cell, dtype, seed=4, T=T, B=B, ragged=True, **opts)
+    k = get_kernels(backend)
+    for reverse in (False, True):
+        want = _inference(reference, cell, c, reverse, relu)
+        for training in (False, True):
+            big = np.full((T, 2 * B + 1, c["R"]), 7, dtype)
+            out = big[:, 1:B + 1]
+            h = _forward(k, cell, c, reverse, relu, out, training)
+            np.testing.assert_allclose(out, want["out"], **tol)
+            np.testing.assert_allclose(h, want["h"], **tol)
+            assert np.all(big[:, 0] == 7) and np.all(big[:, B + 1:] == 7)
+
+
+def _forward(k, cell, c, reverse, relu, out, training):
+    """One forward of case ``c`` into ``out``; returns the final ``h``."""
+    dt = c["x"].dtype
+    T, B, H, P = c["T"], c["B"], c["H"], c["P"]
+    h, inp = c["h0"].copy(), (c["x"], c["w_ih"], c["bias"])
+    e = np.zeros((0, 0, 0), dt)
+    if cell == "rnn":
+        k.rnn_forward(*inp, c["w_hh"], c["lengths"], reverse, relu, h, out)
+    elif cell == "lstm":
+        caches = ((np.zeros((T, B, 4 * H), dt), np.zeros((T, B, H), dt),
+                   np.zeros((T, B, H), dt) if P else e) if training else (e, e, e))
+        k.lstm_forward(*inp, c["w_hh"], c["w_hr"], c["peep"], c["lengths"], reverse,
+                       training, h, c["c0"].copy(), out, *caches)
+    else:
+        caches = ((np.zeros((T, B, 3 * H), dt), np.zeros((T, B, H), dt)) if training
+                  else (e, e))
+        k.gru_forward(*inp, c["w_hh"], c["b_hn"], c["lengths"], reverse, training, h,
+                      out, *caches)
+    return h
+
+
+def test_forward_refuses_an_output_with_scattered_rows():
+    """The Cython forwards need each step's rows in one C-contiguous block."""
+    pytest.importorskip("fastrnn._kernels._cython_kernels")
+    k = get_kernels("cython")
+    c = _case("rnn", np.float64, seed=6)
+    T, B, R = c["T"], c["B"], c["R"]
+    big = np.zeros((T, 2 * B, 2 * R))
+    for out in (big[:, ::2, :R], big[:, :B, ::2], big[::-1, :B, :R],
+                np.zeros((B, T, R)).transpose(1, 0, 2)):
+        with pytest.raises(ValueError, match="out"):
+            _forward(k, "rnn", c, False, False, out, False)
+
+
 def test_backward_checks_the_output_gradient():
     """The Cython backward refuses a ``dout`` that is neither (T, B, R) nor (0, 0, 0)."""
     pytest.importorskip("fastrnn._kernels._cython_kernels")

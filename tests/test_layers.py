@@ -269,6 +269,39 @@ def test_inference_in_blocks_of_steps_equals_whole_sequence(monkeypatch, backend
             np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name,cls,opts", CELLS, ids=[c[0] for c in CELLS])
+def test_split_inference_written_in_place_equals_whole_batch(monkeypatch, backend, name,
+                                                             cls, opts):
+    """Eval mode with the batch split over threads, where the kernels write the
+    last layer's output straight into the whole batch's (one direction, the
+    batch in order), in blocks of steps or not: the same output and final
+    state as the unsplit layer, for full, sorted and unsorted lengths."""
+    import fastrnn._config as config
+
+    rng = np.random.default_rng(5)
+    T, B = 8, 10
+    x = rng.standard_normal((T, B, 3))
+    sorted_lengths = np.sort(random_lengths(rng, B, T))[::-1].copy()
+    for num_layers in (1, 2):
+        layer = make_layer(cls, opts, num_layers=num_layers, dtype=np.float64,
+                           backend=backend, random_state=3).eval()
+        hx = _initial_state(cls, layer, B, rng)
+        for lengths in (None, sorted_lengths, random_lengths(rng, B, T)):
+            monkeypatch.setattr(config, "MIN_SAMPLES_PER_THREAD", 10 ** 9)
+            monkeypatch.setattr(config, "INFERENCE_BLOCK_STEPS", T)
+            want = _flat(layer(x, hx, lengths=lengths))
+            monkeypatch.setattr(config, "MIN_SAMPLES_PER_THREAD", 3)
+            for steps in (T, 3):
+                monkeypatch.setattr(config, "INFERENCE_BLOCK_STEPS", steps)
+                with config.thread_limit(3):
+                    assert config.batch_threads(B) == 3
+                    got = _flat(layer(x, hx, lengths=lengths))
+                assert len(got) == len(want)
+                for u, v in zip(want, got):
+                    np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("cls", [RNN, LSTM, GRU])
 def test_inference_block_length(monkeypatch, cls):
     """Eval blocks hold INFERENCE_BLOCK_STEPS steps (the last one the rest);

@@ -52,7 +52,10 @@ of every step in ``out`` or ``gates`` until the step replaces them).
                        running eval mode in blocks of steps.
 ``h``, ``c`` (B, R), (B, H)  in: initial state; out: each sample's state at its
                        own last step (the running state is updated in place).
-``out``   (T, B, R)    every ``h_t``; zero where a sample is inactive.
+``out``   (T, B, R)    every ``h_t``; zero where a sample is inactive. Each
+                       step's rows are one C-contiguous (B, R) block; the
+                       steps may lie further apart (a batch slice of a larger
+                       output, which a forward then fills in place).
 ``gates`` (T, B, G*H)  post-activation gates (training only).
 ``cs``    (T, B, H)    LSTM cell state ``c_t`` (training only).
 ``hc``    (T, B, H)    LSTM ``o * tanh(c_t)`` before projection (training with

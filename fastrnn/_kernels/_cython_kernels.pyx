@@ -1255,6 +1255,22 @@ cdef int _expect(str name, Py_ssize_t* shape, int ndim,
     return 0
 
 
+cdef Py_ssize_t _out_step_stride(floating[:, :, :] out, Py_ssize_t T, Py_ssize_t B,
+                                 Py_ssize_t R) except -1:
+    """A forward's ``out``: (T, B, R) with each step's rows one C-contiguous
+    (B, R) block, the steps any distance apart that keeps them from
+    overlapping (a batch slice of a larger output). Returns that distance in
+    items."""
+    cdef Py_ssize_t item = sizeof(floating)
+    _expect("out", out.shape, 3, T, B, R)
+    if ((R > 1 and out.strides[2] != item) or (B > 1 and out.strides[1] != R * item)
+            or (T > 1 and (out.strides[0] < B * R * item or out.strides[0] % item))):
+        raise ValueError(
+            f"out: each step's ({B}, {R}) rows must be one C-contiguous block, and "
+            f"the steps apart; got strides {tuple([out.strides[k] for k in range(3)])}")
+    return out.strides[0] // item if T > 1 else B * R
+
+
 cdef bint _has_out_grad(Py_ssize_t* shape, Py_ssize_t T, Py_ssize_t B,
                         Py_ssize_t R) except -1:
     """Whether a backward's ``dout`` (its shape) holds an output gradient, which
@@ -1306,14 +1322,14 @@ cdef int _check_input(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
 def rnn_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
                 const floating[::1] bias, const floating[:, ::1] w_hh,
                 const int64_t[::1] lengths, bint reverse, bint relu,
-                floating[:, ::1] h, floating[:, :, ::1] out):
+                floating[:, ::1] h, floating[:, :, :] out):
     """Vanilla RNN forward ``h_t = act(x_t @ W_ih.T + bias + h_{t-1} @ W_hh.T)``;
     fills ``out``, ``h``."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2], H = h.shape[1]
     _check_input(x, w_ih, bias, H)
     _expect("w_hh", w_hh.shape, 2, H, H)
     _expect("h", h.shape, 2, B, H)
-    _expect("out", out.shape, 3, T, B, H)
+    cdef Py_ssize_t ts = _out_step_stride(out, T, B, H)
     _check_lengths(lengths, B, T)
     if T == 0 or B == 0:
         return
@@ -1324,14 +1340,16 @@ def rnn_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
     cdef Py_ssize_t s, t, k, nb
     cdef floating a, zero = 0
     cdef floating* buf = NULL
+    cdef object terms             # unfused, with out's steps apart: the input terms
     cdef _StepWeights sw
     cdef _StepInput si
     sw.data = si.hx = si.gx = si.h_panels = si.x_panels = NULL
     try:
         buf = <floating*>_alloc(B * H, sizeof(floating))
-        # unfused, out holds the input terms until each step replaces its own
-        _forward_input(&si, &sw, &x[0, 0, 0], &w_ih[0, 0], &bias[0], w_p, T, B, D,
-                       H, H, len_p, out_p, H)
+        # unfused, a contiguous out holds the input terms until each step
+        # replaces its own
+        terms = _forward_input(&si, &sw, &x[0, 0, 0], &w_ih[0, 0], &bias[0], w_p, T, B,
+                               D, H, H, len_p, out_p if ts == B * H else NULL, H)
         with nogil:
             for s in range(T):
                 t = T - 1 - s if reverse else s
@@ -1344,8 +1362,8 @@ def rnn_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
                         h_p[k] = zero if a < zero else a
                 else:
                     _vtanh(buf, h_p, nb * H)
-                _copy(out_p + t * B * H, h_p, nb * H)
-                _zero(out_p + (t * B + nb) * H, (B - nb) * H)
+                _copy(out_p + t * ts, h_p, nb * H)
+                _zero(out_p + t * ts + nb * H, (B - nb) * H)
     finally:
         free(buf)
         _free_input(&si, &sw)
@@ -1412,7 +1430,7 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
                  const floating[::1] bias, const floating[:, ::1] w_hh,
                  const floating[:, ::1] w_hr, const floating[:, ::1] peep,
                  const int64_t[::1] lengths, bint reverse, bint training,
-                 floating[:, ::1] h, floating[:, ::1] c, floating[:, :, ::1] out,
+                 floating[:, ::1] h, floating[:, ::1] c, floating[:, :, :] out,
                  floating[:, :, ::1] gates, floating[:, :, ::1] cs,
                  floating[:, :, ::1] hc):
     """LSTM forward (optional peepholes and projection); fills ``out``, ``h``, ``c``
@@ -1431,7 +1449,7 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
     _expect("h", h.shape, 2, B, R)
     if has_peep:
         _expect("peep", peep.shape, 2, 3, H)
-    _expect("out", out.shape, 3, T, B, R)
+    _out_step_stride(out, T, B, R)
     if training:
         _expect("gates", gates.shape, 3, T, B, G)
         _expect("cs", cs.shape, 3, T, B, H)
@@ -1719,7 +1737,7 @@ def lstm_backward(const floating[:, ::1] w_hh, const floating[:, ::1] w_hr,
 def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
                 const floating[::1] bias, const floating[:, ::1] w_hh,
                 const floating[::1] b_hn, const int64_t[::1] lengths, bint reverse,
-                bint training, floating[:, ::1] h, floating[:, :, ::1] out,
+                bint training, floating[:, ::1] h, floating[:, :, :] out,
                 floating[:, :, ::1] gates, floating[:, :, ::1] ghn):
     """GRU forward, ``h_t = (1 - z) * n + z * h_{t-1}`` with
     ``n = tanh(gx_n + r * (W_hn h_{t-1} + b_hn))`` (``gx = x_t @ W_ih.T + bias``);
@@ -1730,7 +1748,7 @@ def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
     _expect("w_hh", w_hh.shape, 2, G, H)
     _expect("b_hn", b_hn.shape, 1, H)
     _expect("h", h.shape, 2, B, H)
-    _expect("out", out.shape, 3, T, B, H)
+    _out_step_stride(out, T, B, H)
     if training:
         _expect("gates", gates.shape, 3, T, B, G)
         _expect("ghn", ghn.shape, 3, T, B, H)

@@ -500,8 +500,8 @@ def _input_terms(x, w_ih, bias, out=None):
 def rnn_forward(x, w_ih, bias, w_hh, lengths, reverse, relu, h, out):
     """Vanilla RNN forward, ``h_t = act(x_t @ W_ih.T + bias + W_hh h_{t-1})``;
     fills ``out``, ``h``."""
-    # out holds the input terms until each step replaces its own
-    gx = _input_terms(x, w_ih, bias, out)
+    # a contiguous out holds the input terms until each step replaces its own
+    gx = _input_terms(x, w_ih, bias, out if out.flags.c_contiguous else None)
     _rnn_forward(gx, w_hh, lengths, bool(reverse), bool(relu), h, out)
 
 
