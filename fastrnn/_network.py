@@ -228,14 +228,19 @@ class RecurrentNetwork:
                     inp = inp * masks[k]
         return out, new_states
 
-    def _stack_backward(self, d_raw, masks, grads):
+    def _stack_backward(self, d_raw, masks, grads, d_last=None):
         """Backpropagate ``d_raw`` through the layers (each from its last forward)
-        and add every parameter gradient into ``grads``."""
+        and add every parameter gradient into ``grads``. ``d_last``, when given,
+        is the gradient w.r.t. the top layer's final states ``h_n`` instead of
+        ``d_raw`` (None), which then reaches the layers as no output gradient at
+        all (see :meth:`fastrnn.nn.RNN.backward`)."""
         offsets = np.cumsum([0] + [len(layer.named_parameters()) for layer in self.layers])
         d = d_raw
         for k in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[k]
-            gx, _ = layer.backward(d, input_grad=k > 0)  # no gradient for the data
+            d_h_n = d_last if k == len(self.layers) - 1 else None
+            # no gradient for the data
+            gx, _ = layer.backward(d, d_h_n, input_grad=k > 0)
             for j, (name, _) in enumerate(layer.named_parameters()):
                 grads[offsets[k] + j] += layer.grads[name]
             if k > 0:
@@ -266,6 +271,15 @@ class RecurrentNetwork:
             merged = np.where(valid[:, :, None], merged, -np.inf)
         arg = merged.argmax(axis=0)
         return np.take_along_axis(merged, arg[None], axis=0)[0], arg
+
+    def _last_state_grad(self, dp):
+        """The gradient of ``"last"`` pooling w.r.t. the top layer's ``h_n``
+        (directions, B, H): the pooled states are each direction's final state,
+        forward at the sample's last valid step, reverse at step 0."""
+        if self.n_directions == 1:
+            return dp[None]
+        H = self.hidden_layer_sizes[-1]
+        return np.stack([dp[:, :H], dp[:, H:] if self.merge == "concat" else dp])
 
     def _pool_backward(self, dp, ctx, T, lengths):
         B, F = dp.shape
@@ -426,6 +440,10 @@ class RecurrentNetwork:
         grads[-1] += dint
         if masks[-1] is not None:
             dfeats *= masks[-1]
+        if len(windows) == 1 and self.pooling == "last":
+            # into the final states, with no (T, B, F) output gradient of zeros
+            self._stack_backward(None, masks, grads, self._last_state_grad(dfeats))
+            return loss
         d_raw = self._pool_backward(dfeats, ctx, T, lengths)
         if len(windows) == 1:
             self._stack_backward(d_raw, masks, grads)
