@@ -193,16 +193,24 @@ def test_forward_refuses_an_output_with_scattered_rows():
             _forward(k, "rnn", c, False, False, out, False)
 
 
-def test_backward_checks_the_output_gradient():
-    """The Cython backward refuses a ``dout`` that is neither (T, B, R) nor (0, 0, 0)."""
-    pytest.importorskip("fastrnn._kernels._cython_kernels")
-    k = get_kernels("cython")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compiled_kernels_check_out_and_dout(backend):
+    """The compiled backends index without bounds checks, so they refuse a
+    ``dout`` that is neither (T, B, R) nor (0, 0, 0), and a forward's ``out``
+    of another shape, also when it is a slice of a larger array."""
+    k = get_kernels(backend)
     for cell in ("rnn", "lstm", "gru"):
         c = _case(cell, np.float64, seed=2)
-        for shape in [(0, c["B"], c["R"]), (c["T"], c["B"], c["R"] + 1), (1, 1, 1)]:
+        T, B, R = c["T"], c["B"], c["R"]
+        for shape in [(0, B, R), (T, B, R + 1), (1, 1, 1)]:
             c["dout"] = np.zeros(shape)
             with pytest.raises(ValueError, match="dout"):
                 _run(k, cell, c, False)
+        big = np.zeros((T + 2, 2 * B + 1, R))
+        for out in (big[:T - 2, 1:B + 1], big[:T, 1:B], np.zeros((T, B, R + 1))):
+            with pytest.raises(ValueError, match="out"):
+                _forward(k, cell, c, False, False, out, False)
+            assert not big.any()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -474,6 +474,14 @@ def _gru_backward(w_hh, lengths, reverse, h0, out, gates, ghn, dout, dh, dgx, dg
 # ------------------------------------------------------- public contract
 
 
+def _check_shape(name, a, shape, none_ok=False):
+    """The jitted loops index without bounds checks: ``a`` must have ``shape``
+    (or, with ``none_ok``, (0, 0, 0): not given)."""
+    if a.shape != shape and not (none_ok and a.shape == (0, 0, 0)):
+        raise ValueError(f"{name}: expected shape {shape}"
+                         + (" or (0, 0, 0)" if none_ok else "") + f", got {a.shape}")
+
+
 def _input_terms(x, w_ih, bias, out=None):
     """Every step's input terms ``x_t @ W_ih.T + bias`` as one product over all
     steps (through the kernels' BLAS, :mod:`fastrnn._blas`), into ``out``
@@ -500,6 +508,7 @@ def _input_terms(x, w_ih, bias, out=None):
 def rnn_forward(x, w_ih, bias, w_hh, lengths, reverse, relu, h, out):
     """Vanilla RNN forward, ``h_t = act(x_t @ W_ih.T + bias + W_hh h_{t-1})``;
     fills ``out``, ``h``."""
+    _check_shape("out", out, x.shape[:2] + h.shape[1:])
     # a contiguous out holds the input terms until each step replaces its own
     gx = _input_terms(x, w_ih, bias, out if out.flags.c_contiguous else None)
     _rnn_forward(gx, w_hh, lengths, bool(reverse), bool(relu), h, out)
@@ -507,6 +516,7 @@ def rnn_forward(x, w_ih, bias, w_hh, lengths, reverse, relu, h, out):
 
 def rnn_backward(w_hh, lengths, reverse, relu, out, dout, dh, dgx):
     """Vanilla RNN backward through time; fills ``dgx`` and turns ``dh`` into d h0."""
+    _check_shape("dout", dout, out.shape, none_ok=True)
     _rnn_backward(w_hh, lengths, bool(reverse), bool(relu), out, dout, dh, dgx)
 
 
@@ -514,6 +524,7 @@ def lstm_forward(x, w_ih, bias, w_hh, w_hr, peep, lengths, reverse, training,
                  h, c, out, gates, cs, hc):
     """LSTM forward (peepholes, projection optional); fills ``out``, ``h``, ``c``
     and, when training, ``gates``, ``cs`` and ``hc``."""
+    _check_shape("out", out, x.shape[:2] + h.shape[1:])
     # in training the gates cache holds the input terms until each step
     # replaces its own with its gates
     gx = _input_terms(x, w_ih, bias, gates if training else None)
@@ -525,6 +536,7 @@ def lstm_backward(w_hh, w_hr, peep, lengths, reverse, c0, out, gates, cs, hc,
                   dout, dh, dc, dgx, dpeep, dhr):
     """LSTM backward through time; fills ``dgx``, ``dpeep``, ``dhr`` and turns
     ``dh``, ``dc`` into the gradients w.r.t. the initial state."""
+    _check_shape("dout", dout, out.shape, none_ok=True)
     _lstm_backward(w_hh, w_hr, peep, lengths, bool(reverse), c0, out, gates, cs, hc,
                    dout, dh, dc, dgx, dpeep, dhr)
 
@@ -533,6 +545,7 @@ def gru_forward(x, w_ih, bias, w_hh, b_hn, lengths, reverse, training, h, out,
                 gates, ghn):
     """GRU forward, ``h_t = (1 - z) * n + z * h_{t-1}``; fills ``out``, ``h`` and,
     when training, ``gates`` and ``ghn``."""
+    _check_shape("out", out, x.shape[:2] + h.shape[1:])
     _gru_forward(_input_terms(x, w_ih, bias), w_hh, b_hn, lengths, bool(reverse), bool(training),
                  h, out, gates, ghn)
 
@@ -540,5 +553,6 @@ def gru_forward(x, w_ih, bias, w_hh, b_hn, lengths, reverse, training, h, out,
 def gru_backward(w_hh, lengths, reverse, h0, out, gates, ghn, dout, dh, dgx, dgh):
     """GRU backward through time; fills ``dgx`` and ``dgh`` and turns ``dh`` into
     the gradient w.r.t. the initial state."""
+    _check_shape("dout", dout, out.shape, none_ok=True)
     _gru_backward(w_hh, lengths, bool(reverse), h0, out, gates, ghn, dout, dh,
                   dgx, dgh)
