@@ -19,11 +19,12 @@ import numpy as np
 try:
     from ._kernels._cython_kernels import gemm as _gemm
     from ._kernels._cython_kernels import take_rows as _take_rows
+    from ._kernels._cython_kernels import put_rows as _put_rows
     from ._kernels._cython_kernels import column_sums as _column_sums
     from ._kernels._cython_kernels import FLUSH_DENORMALS_BITS as _FTZ_BITS
     from ._kernels._cython_kernels import set_flush_denormals as _set_ftz
 except ImportError:  # extension not built: NumPy's BLAS and indexing, subnormals kept
-    _gemm = _take_rows = _column_sums = _set_ftz = _FTZ_BITS = None
+    _gemm = _take_rows = _put_rows = _column_sums = _set_ftz = _FTZ_BITS = None
 
 _INT32_MAX = 2 ** 31 - 1
 
@@ -82,6 +83,22 @@ def take_rows(a, index):
     if index.size and index.min() < 0:
         raise IndexError(f"take_rows: negative index {index.min()}")
     return np.ascontiguousarray(a[index] if flat else a[:, index])
+
+
+def put_rows(src, index, out):
+    """``out[:, index] = src`` for 3-D float arrays (the inverse of
+    :func:`take_rows`); without the GIL where the Cython extension is built.
+    ``index`` holds int64 positions in ``[0, out.shape[1])``, a negative one is
+    refused (``IndexError``); ``out``'s last axis must be contiguous for the
+    GIL-free copy (others go through NumPy)."""
+    if (_put_rows is not None and out.dtype in (np.float32, np.float64)
+            and src.dtype == out.dtype and index.dtype == np.int64
+            and out.strides[2] == out.itemsize):
+        _put_rows(np.ascontiguousarray(src), np.ascontiguousarray(index), out)
+        return
+    if index.size and index.min() < 0:
+        raise IndexError(f"put_rows: negative index {index.min()}")
+    out[:, index] = src
 
 
 @contextmanager

@@ -169,6 +169,36 @@ def test_take_rows_matches_numpy_indexing(monkeypatch, use_kernels, dtype):
 
 @pytest.mark.parametrize("use_kernels", [True, False], ids=["cython", "numpy"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_put_rows_matches_numpy_assignment(monkeypatch, use_kernels, dtype):
+    """put_rows (each thread's part of a ragged batch back among the whole
+    batch's samples) against NumPy's ``out[:, index] = src``: into views with
+    any strides but a contiguous last axis, with an empty index, and refusing
+    out-of-range and negative indices before it copies anything."""
+    if use_kernels and _blas._put_rows is None:
+        pytest.skip("SKIPPED LOUDLY: the Cython extension is not built")
+    if not use_kernels:
+        monkeypatch.setattr(_blas, "_put_rows", None)
+    rng = np.random.default_rng(2)
+    index = rng.permutation(9).astype(np.int64)[:5]
+    src = rng.standard_normal((4, 5, 3)).astype(dtype)
+    for make in (lambda: np.zeros((4, 9, 3), dtype),
+                 lambda: np.zeros((8, 11, 3), dtype)[::2, 1:10],
+                 lambda: np.zeros((4, 9, 6), dtype)[:, :, 2:5]):
+        got, want = make(), make()
+        _blas.put_rows(src, index, got)
+        want[:, index] = src
+        assert np.array_equal(got, want)
+        _blas.put_rows(src[:, :0], index[:0], got)
+        assert np.array_equal(got, want)
+    for bad in ([0, 9, 1, 2, 3], [0, -1, 1, 2, 3]):
+        out = np.zeros((4, 9, 3), dtype)
+        with pytest.raises(IndexError):
+            _blas.put_rows(src, np.array(bad, np.int64), out)
+        assert not out.any()
+
+
+@pytest.mark.parametrize("use_kernels", [True, False], ids=["cython", "numpy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_column_sums_match_a_float64_sum(monkeypatch, use_kernels, dtype):
     """column_sums (the bias gradients) against NumPy's float64 sum of the same
     numbers, within the bound of an n-term sum in the dtype; for empty shapes,

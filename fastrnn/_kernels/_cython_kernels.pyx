@@ -1221,6 +1221,37 @@ def take_rows(const floating[:, :, :] a, const int64_t[::1] index,
                          f"{a.shape[1]} rows")
 
 
+def put_rows(const floating[:, :, ::1] src, const int64_t[::1] index,
+             floating[:, :, :] out):
+    """``out[t, index[i]] = src[t, i]`` for every ``t`` and ``i``, without the GIL:
+    the inverse of :func:`take_rows`.
+
+    Not one of the six kernels: a ragged batch split over threads gives each
+    thread every n-th sample in order of length, and each thread places its
+    results among the whole batch's with it. ``out``'s last axis must be
+    contiguous (any other strides); every index is checked before anything is
+    copied.
+    """
+    cdef Py_ssize_t T = src.shape[0], n = index.shape[0], w = src.shape[2], t, i, bad = -1
+    if src.shape[1] != n or out.shape[0] != T or out.shape[2] != w:
+        raise ValueError(f"put_rows: src is ({T}, {src.shape[1]}, {w}) for {n} indices, "
+                         f"out is ({out.shape[0]}, {out.shape[1]}, {out.shape[2]})")
+    if w > 1 and out.strides[2] != sizeof(floating):
+        raise ValueError("put_rows: the last axis of out must be contiguous")
+    with nogil:
+        for i in range(n):
+            if index[i] < 0 or index[i] >= out.shape[1]:
+                bad = i
+                break
+        if bad < 0 and w > 0:
+            for t in range(T):
+                for i in range(n):
+                    memcpy(&out[t, index[i], 0], &src[t, i, 0], <size_t>w * sizeof(floating))
+    if bad >= 0:
+        raise IndexError(f"put_rows: index[{bad}] = {index[bad]} is out of range for "
+                         f"{out.shape[1]} rows")
+
+
 cdef inline void _zero(floating* p, Py_ssize_t n) noexcept nogil:
     if n > 0:
         memset(p, 0, <size_t>n * sizeof(floating))
