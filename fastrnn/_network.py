@@ -90,6 +90,10 @@ def _glorot(rng, fan_in, fan_out, shape, dtype):
 class RecurrentNetwork:
     """Recurrent layers plus output head, with forward and backward passes.
 
+    The passes take time-major data ``x`` (T, B, n_features) that the caller
+    has checked: finite, of the network's dtype (the estimators' input
+    validation does it); the layers do not scan it for NaN and infinity again.
+
     Parameters
     ----------
     cell : {'lstm', 'gru', 'rnn'}
@@ -220,7 +224,10 @@ class RecurrentNetwork:
         for k, layer in enumerate(self.layers):
             if layer.training != training:
                 layer.train(training)
-            out, h_n = layer(inp, None if states is None else states[k], lengths=lengths)
+            # the data was checked on the way in, and each layer's output is
+            # the next one's input: no scan for NaN and infinity again
+            out, h_n = layer._forward_finite(inp, None if states is None else states[k],
+                                             lengths)
             new_states.append(h_n)
             if k < last:
                 inp = self._merge(out)

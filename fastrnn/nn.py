@@ -327,8 +327,17 @@ class _RNNBase:
         with reuse_array_memory():  # see fastrnn._memory
             return self._forward(x, hx, lengths)
 
-    def _forward(self, x, hx, lengths):
-        x, unbatched = self._check_input(x)
+    def _forward_finite(self, x, hx=None, lengths=None):
+        """:meth:`forward` for an ``x`` known to be finite: the estimators'
+        networks, whose data was checked on the way in and whose layers feed
+        each other. The same checks but the scan of every value (0.15-0.2 ms
+        for S2's 3.3 MB, once per layer and call); an ``x`` of another dtype
+        still gets it."""
+        with reuse_array_memory():
+            return self._forward(x, hx, lengths, scan=False)
+
+    def _forward(self, x, hx, lengths, scan=True):
+        x, unbatched = self._check_input(x, scan)
         T, B, _ = x.shape
         lengths = check_lengths(lengths, B, T, unbatched)
         h0, c0 = self._check_hx(hx, B, unbatched)
@@ -723,9 +732,12 @@ class _RNNBase:
 
     # ------------------------------------------------------------ validation
 
-    def _check_input(self, x):
-        """Validate ``x``; return it time-major ``(T, B, D)`` and the unbatched flag."""
-        x = as_float_array(x, self.dtype, "input")
+    def _check_input(self, x, scan=True):
+        """Validate ``x`` (every value finite unless ``scan`` is false and ``x``
+        is an array of the layer's dtype); return it time-major ``(T, B, D)``
+        and the unbatched flag."""
+        if scan or not (isinstance(x, np.ndarray) and x.dtype == self.dtype):
+            x = as_float_array(x, self.dtype, "input")
         if x.ndim not in (2, 3):
             raise ValueError(f"{type(self).__name__}: expected 2-D (unbatched) or 3-D "
                              f"(batched) input, got {x.ndim}-D input of shape {x.shape}")

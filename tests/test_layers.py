@@ -506,6 +506,25 @@ def test_bad_input_is_rejected(bad, err, match):
         LSTM(3, 4)(bad)
 
 
+def test_forward_for_checked_data_skips_only_the_value_scan(rng):
+    """The networks' entry (_forward_finite): the same results as forward, the
+    same shape checks; NaN passes through unscanned only in an array of the
+    layer's dtype (the caller's promise), any other input is scanned."""
+    layer = LSTM(3, 4, random_state=0).eval()
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    for a, b in zip(_flat(layer(x)), _flat(layer._forward_finite(x))):
+        np.testing.assert_array_equal(a, b)
+    for bad, match in [(np.zeros((4, 2, 5), np.float32), "Expected 3, got 5"),
+                       (np.zeros((0, 2, 3), np.float32), "empty"),
+                       (np.full((4, 2, 3), np.nan), "NaN or infinity")]:  # float64
+        with pytest.raises(ValueError, match=match):
+            layer._forward_finite(bad)
+    x[1, 0, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        layer(x)
+    assert np.isnan(layer._forward_finite(x)[0][1:, 0]).all()
+
+
 @pytest.mark.parametrize("lengths,match", [
     ([3, 0], "lengths\\[1\\] = 0"),
     ([3, 5], "lengths\\[1\\] = 5"),
