@@ -144,15 +144,22 @@ def test_forward_fills_a_batch_slice_of_a_larger_output(backend, dtype, cell, op
     """A forward whose ``out`` is a batch slice of a larger array (steps apart,
     each step's rows contiguous) fills it as the reference fills a contiguous
     one, in eval and training mode and both directions, and touches nothing
-    else of the larger array (T=20, B=16: the fused projection)."""
+    else of the larger array (T=20, B=16: the fused projection); the same
+    with ``x`` a batch slice of a larger array, which is read in place."""
     tol = TOL[dtype]
     c = _case(cell, dtype, seed=4, T=T, B=B, ragged=True, **opts)
     k = get_kernels(backend)
+    x = c["x"]
+    # the input as a batch slice of a larger array too, NaN around it
+    x_big = np.full((T, 2 * B + 1, x.shape[2]), np.nan, dtype)
+    x_big[:, 1:B + 1] = x
     for reverse in (False, True):
+        c["x"] = x
         want = _inference(reference, cell, c, reverse, relu)
-        for training in (False, True):
+        for training, x_in in ((False, x), (True, x), (False, x_big[:, 1:B + 1])):
             big = np.full((T, 2 * B + 1, c["R"]), 7, dtype)
             out = big[:, 1:B + 1]
+            c["x"] = x_in
             h = _forward(k, cell, c, reverse, relu, out, training)
             np.testing.assert_allclose(out, want["out"], **tol)
             np.testing.assert_allclose(h, want["h"], **tol)
@@ -181,7 +188,8 @@ def _forward(k, cell, c, reverse, relu, out, training):
 
 
 def test_forward_refuses_an_output_with_scattered_rows():
-    """The Cython forwards need each step's rows in one C-contiguous block."""
+    """The Cython forwards need each step's rows of ``out`` and of ``x`` in one
+    C-contiguous block."""
     pytest.importorskip("fastrnn._kernels._cython_kernels")
     k = get_kernels("cython")
     c = _case("rnn", np.float64, seed=6)
@@ -190,6 +198,13 @@ def test_forward_refuses_an_output_with_scattered_rows():
     for out in (big[:, ::2, :R], big[:, :B, ::2], big[::-1, :B, :R],
                 np.zeros((B, T, R)).transpose(1, 0, 2)):
         with pytest.raises(ValueError, match="out"):
+            _forward(k, "rnn", c, False, False, out, False)
+    out, D = np.zeros((T, B, R)), c["x"].shape[2]
+    x_big = np.zeros((T, 2 * B, 2 * D))
+    for x in (x_big[:, ::2, :D], x_big[:, :B, ::2], x_big[::-1, :B, :D],
+              np.zeros((B, T, D)).transpose(1, 0, 2)):
+        c["x"] = x
+        with pytest.raises(ValueError, match="x: each step"):
             _forward(k, "rnn", c, False, False, out, False)
 
 

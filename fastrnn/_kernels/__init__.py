@@ -21,7 +21,7 @@ with the same argument order::
 Shapes (``T`` steps, ``B`` samples, ``D`` input features, ``H`` hidden units,
 ``G`` gates: 1 RNN, 4 LSTM, 3 GRU, ``R`` the size of ``h``: ``H``, or ``P``
 for an LSTM with a projection). All arrays are C-contiguous (but a
-forward's ``out``, below) and of one floating dtype (float32 or float64),
+forward's ``x`` and ``out``, below) and of one floating dtype (float32 or float64),
 except ``lengths`` (int64) and the two flags. The arrays a kernel writes must
 not overlap any other argument: backends may use them as work space (the
 forwards may keep the input terms of every step in ``out``, when it is
@@ -29,7 +29,9 @@ contiguous, or ``gates`` until the step replaces them); of an ``out`` whose
 steps lie apart, only its own elements.
 
 ``x``     (T, B, D)    the layer's input, ``D >= 1``; what the rows of inactive
-                       samples hold does not matter.
+                       samples hold does not matter. Like a forward's ``out``
+                       (below), each step's rows one C-contiguous block, the
+                       steps possibly further apart.
 ``w_ih``  (G*H, D)     input weights, PyTorch layout and gate order.
 ``bias``  (G*H,)       ``b_ih + b_hh``; for the GRU only ``b_hh``'s r and z
                        parts are folded in, ``b_hn`` stays inside the reset

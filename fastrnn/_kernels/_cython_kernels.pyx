@@ -995,9 +995,10 @@ cdef struct _StepInput:
     Py_ssize_t fused    # 0 when unfused
     void* h_panels      # NULL unless fused < G
     void* x_panels
-    const void* x       # (T, B, D)
+    const void* x       # (T, B, D), each step's rows contiguous, xts items apart
     const void* bias    # (G,)
     Py_ssize_t D
+    Py_ssize_t xts
 
 
 cdef inline bint _fuses(Py_ssize_t fused, Py_ssize_t T, Py_ssize_t B) noexcept nogil:
@@ -1010,7 +1011,7 @@ cdef inline bint _fuses(Py_ssize_t fused, Py_ssize_t T, Py_ssize_t B) noexcept n
 
 
 cdef object _forward_input(_StepInput* si, _StepWeights* sw, const floating* x,
-                           const floating* w_ih, const floating* bias,
+                           Py_ssize_t xts, const floating* w_ih, const floating* bias,
                            const floating* w_hh, Py_ssize_t T, Py_ssize_t B,
                            Py_ssize_t D, Py_ssize_t G, Py_ssize_t R,
                            const int64_t* lengths, floating* dest,
@@ -1040,6 +1041,7 @@ cdef object _forward_input(_StepInput* si, _StepWeights* sw, const floating* x,
     si.gx = si.hx = si.h_panels = si.x_panels = NULL
     si.fused = 0
     si.x = x
+    si.xts = xts
     si.bias = bias
     si.D = D
     sw.data = NULL
@@ -1071,11 +1073,16 @@ cdef object _forward_input(_StepInput* si, _StepWeights* sw, const floating* x,
     with nogil:
         for i in range(n):
             _copy(dest + i * G, bias, G)
-        # in row blocks that BLAS's 32-bit sizes can hold
-        for r0 in range(0, n, 1 << 30):
-            r1 = min(n, r0 + (1 << 30))
-            _gemm_rm(False, True, r1 - r0, G, D, x + r0 * D, D, w_ih, D, 1,
-                     dest + r0 * G, G)
+        if xts == B * D:
+            # in row blocks that BLAS's 32-bit sizes can hold
+            for r0 in range(0, n, 1 << 30):
+                r1 = min(n, r0 + (1 << 30))
+                _gemm_rm(False, True, r1 - r0, G, D, x + r0 * D, D, w_ih, D, 1,
+                         dest + r0 * G, G)
+        else:  # x's steps lie apart: one product per step
+            for i in range(T):
+                _gemm_rm(False, True, B, G, D, x + i * xts, D, w_ih, D, 1,
+                         dest + i * B * G, G)
     return terms
 
 
@@ -1108,8 +1115,8 @@ cdef inline void _input_step(floating* c, const floating* h, const floating* w,
         if si.hx != NULL:
             for b in range(nb):
                 _copy(<float*>si.hx + b * K, h + b * R, R)
-                _copy(<float*>si.hx + b * K + R, <const float*>si.x + (t * B + b) * si.D,
-                      si.D)
+                _copy(<float*>si.hx + b * K + R,
+                      <const float*>si.x + t * si.xts + b * si.D, si.D)
             fastrnn_sgemm_panels(nb, si.fused, K, <const float*>si.hx, K,
                                  <const float*>sw.data, c, G, 0,
                                  <const float*>si.bias, 0, scale)
@@ -1335,29 +1342,37 @@ cdef int _check_lengths(const int64_t[::1] lengths, Py_ssize_t B,
     return 0
 
 
-cdef int _check_input(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
-                      const floating[::1] bias, Py_ssize_t G) except -1:
-    """A forward's input side: ``x`` (T, B, D) with D >= 1, ``w_ih`` (G, D),
-    ``bias`` (G,)."""
-    if x.shape[2] < 1:
+cdef Py_ssize_t _check_input(const floating[:, :, :] x, const floating[:, ::1] w_ih,
+                             const floating[::1] bias, Py_ssize_t G) except -1:
+    """A forward's input side: ``x`` (T, B, D) with D >= 1, each step's rows
+    one C-contiguous block (the steps may lie further apart), ``w_ih``
+    (G, D), ``bias`` (G,). Returns the distance of x's steps in items."""
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
+    cdef Py_ssize_t item = sizeof(floating)
+    if D < 1:
         raise ValueError("x: expected at least one feature per step, got shape "
                          f"{tuple([x.shape[k] for k in range(3)])}")
-    _expect("w_ih", w_ih.shape, 2, G, x.shape[2])
+    if ((D > 1 and x.strides[2] != item) or (B > 1 and x.strides[1] != D * item)
+            or (T > 1 and (x.strides[0] < B * D * item or x.strides[0] % item))):
+        raise ValueError(
+            f"x: each step's ({B}, {D}) rows must be one C-contiguous block, and "
+            f"the steps apart; got strides {tuple([x.strides[k] for k in range(3)])}")
+    _expect("w_ih", w_ih.shape, 2, G, D)
     _expect("bias", bias.shape, 1, G)
-    return 0
+    return x.strides[0] // item if T > 1 else B * D
 
 
 # --------------------------------------------------------------------- RNN
 
 
-def rnn_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
+def rnn_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
                 const floating[::1] bias, const floating[:, ::1] w_hh,
                 const int64_t[::1] lengths, bint reverse, bint relu,
                 floating[:, ::1] h, floating[:, :, :] out):
     """Vanilla RNN forward ``h_t = act(x_t @ W_ih.T + bias + h_{t-1} @ W_hh.T)``;
     fills ``out``, ``h``."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2], H = h.shape[1]
-    _check_input(x, w_ih, bias, H)
+    cdef Py_ssize_t xts = _check_input(x, w_ih, bias, H)
     _expect("w_hh", w_hh.shape, 2, H, H)
     _expect("h", h.shape, 2, B, H)
     cdef Py_ssize_t ts = _out_step_stride(out, T, B, H)
@@ -1379,8 +1394,8 @@ def rnn_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
         buf = <floating*>_alloc(B * H, sizeof(floating))
         # unfused, a contiguous out holds the input terms until each step
         # replaces its own
-        terms = _forward_input(&si, &sw, &x[0, 0, 0], &w_ih[0, 0], &bias[0], w_p, T, B,
-                               D, H, H, len_p, out_p if ts == B * H else NULL, H)
+        terms = _forward_input(&si, &sw, &x[0, 0, 0], xts, &w_ih[0, 0], &bias[0], w_p,
+                               T, B, D, H, H, len_p, out_p if ts == B * H else NULL, H)
         with nogil:
             for s in range(T):
                 t = T - 1 - s if reverse else s
@@ -1457,7 +1472,7 @@ def rnn_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
 # -------------------------------------------------------------------- LSTM
 
 
-def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
+def lstm_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
                  const floating[::1] bias, const floating[:, ::1] w_hh,
                  const floating[:, ::1] w_hr, const floating[:, ::1] peep,
                  const int64_t[::1] lengths, bint reverse, bint training,
@@ -1470,7 +1485,7 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
     cdef Py_ssize_t G = 4 * H, R = h.shape[1]
     cdef bint has_proj = w_hr.shape[0] > 0
     cdef bint has_peep = peep.shape[0] > 0
-    _check_input(x, w_ih, bias, G)
+    cdef Py_ssize_t xts = _check_input(x, w_ih, bias, G)
     _expect("c", c.shape, 2, B, H)
     _expect("w_hh", w_hh.shape, 2, G, R)
     if has_proj:
@@ -1521,9 +1536,9 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
             buf = <floating*>_alloc(B * G, sizeof(floating))
         # unfused, the training cache holds the input terms until each step
         # replaces its own with its gates
-        terms = _forward_input(&si, &sw, &x[0, 0, 0], &w_ih[0, 0], &bias[0], w_p, T,
-                               B, D, G, R, len_p, &gates[0, 0, 0] if training else NULL,
-                               G)
+        terms = _forward_input(&si, &sw, &x[0, 0, 0], xts, &w_ih[0, 0], &bias[0], w_p,
+                               T, B, D, G, R, len_p,
+                               &gates[0, 0, 0] if training else NULL, G)
         tcb = <floating*>_alloc(B * H, sizeof(floating))
         scale = <floating*>_alloc(G, sizeof(floating))
         for k in range(G):
@@ -1765,7 +1780,7 @@ def lstm_backward(const floating[:, ::1] w_hh, const floating[:, ::1] w_hr,
 # --------------------------------------------------------------------- GRU
 
 
-def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
+def gru_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
                 const floating[::1] bias, const floating[:, ::1] w_hh,
                 const floating[::1] b_hn, const int64_t[::1] lengths, bint reverse,
                 bint training, floating[:, ::1] h, floating[:, :, :] out,
@@ -1775,7 +1790,7 @@ def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
     fills ``out``, ``h`` and, when training, ``gates`` and ``ghn``."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t H = h.shape[1], G = 3 * H
-    _check_input(x, w_ih, bias, G)
+    cdef Py_ssize_t xts = _check_input(x, w_ih, bias, G)
     _expect("w_hh", w_hh.shape, 2, G, H)
     _expect("b_hn", b_hn.shape, 1, H)
     _expect("h", h.shape, 2, B, H)
@@ -1815,8 +1830,8 @@ def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
         if not training:
             buf = <floating*>_alloc(B * G, sizeof(floating))
         # fused, only r and z: n's input term stays apart from its recurrent one
-        terms = _forward_input(&si, &sw, &x[0, 0, 0], &w_ih[0, 0], bias_p, w_p, T, B,
-                               D, G, H, len_p, NULL, 2 * H)
+        terms = _forward_input(&si, &sw, &x[0, 0, 0], xts, &w_ih[0, 0], bias_p, w_p, T,
+                               B, D, G, H, len_p, NULL, 2 * H)
         fused = si.hx != NULL
         gx_p = <const floating*>si.gx
         hnb = <floating*>_alloc(B * H, sizeof(floating))
