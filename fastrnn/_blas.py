@@ -91,9 +91,15 @@ def put_rows(src, index, out):
     ``index`` holds int64 positions in ``[0, out.shape[1])``, a negative one is
     refused (``IndexError``); ``out``'s last axis must be contiguous for the
     GIL-free copy (others go through NumPy)."""
+    if (index.ndim != 1 or index.dtype.kind not in "iu" or src.ndim != 3
+            or out.ndim != 3 or src.dtype != out.dtype
+            or src.shape != (out.shape[0], index.shape[0], out.shape[2])):
+        raise ValueError(f"put_rows: src {src.shape} {src.dtype}, index "
+                         f"{index.shape} {index.dtype} and out {out.shape} {out.dtype} "
+                         "do not fit: expected src (T, len(index), F) of out's dtype "
+                         "and an integer index")
     if (_put_rows is not None and out.dtype in (np.float32, np.float64)
-            and src.dtype == out.dtype and index.dtype == np.int64
-            and out.strides[2] == out.itemsize):
+            and index.dtype == np.int64 and out.strides[2] == out.itemsize):
         _put_rows(np.ascontiguousarray(src), np.ascontiguousarray(index), out)
         return
     if index.size and index.min() < 0:

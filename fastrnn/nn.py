@@ -99,15 +99,16 @@ def _join(parts, index=None):
 
 def _batch_parts(B, lengths=None):
     """The batch in parts, one per thread: several only for a large batch
-    (see :func:`fastrnn._config.batch_threads`). Slices; but for ragged
-    ``lengths``, int64 arrays of sample positions: every n-th sample in order
+    (see :func:`fastrnn._config.batch_threads`). Slices, which the kernels
+    read and write in place in eval mode; but for ragged ``lengths`` (not all
+    equal), int64 arrays of sample positions, gathered and placed back: every n-th sample in order
     of length, so that the threads get about the same number of steps and
     each part comes sorted (contiguous halves of S7's batch held 1,579 and
     1,780 steps, dealt by length 1,703 and 1,656)."""
     n = _config.batch_threads(B)
     if n == 1:  # the common case, on every call's path: no linspace
         return [slice(0, B)]
-    if lengths is not None:
+    if lengths is not None and lengths.min() != lengths.max():
         order = np.argsort(-lengths, kind="stable").astype(np.int64)
         return [np.ascontiguousarray(order[i::n]) for i in range(n)]
     bounds = np.linspace(0, B, n + 1).astype(int)
@@ -344,7 +345,9 @@ class _RNNBase:
         networks, whose data was checked on the way in and whose layers feed
         each other. The same checks but the scan of every value (0.15-0.2 ms
         for S2's 3.3 MB, once per layer and call); an ``x`` of another dtype
-        still gets it."""
+        still gets it. The promise matters: an infinity would pass silently,
+        absorbed by saturating gates, where a NaN at least shows in the
+        output."""
         with reuse_array_memory():
             return self._forward(x, hx, lengths, scan=False)
 
@@ -403,7 +406,7 @@ class _RNNBase:
         return masks
 
     def _forward_batch(self, x, lengths, h0, c0, masks, dest=None):
-        """The network over time-major ``x`` (one slice of the batch); returns
+        """The network over time-major ``x`` (one part of the batch); returns
         ``(out, h_n, c_n, cache)`` time-major in the caller's batch order, ``c_n``
         None but for the LSTM and ``cache`` what :meth:`backward` needs (None in
         eval mode). Touches no state of the layer, so slices run concurrently.

@@ -195,6 +195,13 @@ def test_put_rows_matches_numpy_assignment(monkeypatch, use_kernels, dtype):
         with pytest.raises(IndexError):
             _blas.put_rows(src, np.array(bad, np.int64), out)
         assert not out.any()
+    out = np.zeros((4, 9, 3), dtype)
+    other = np.float32 if dtype == np.float64 else np.float64
+    for s, i in [(src[:, :2], index), (src.astype(other), index),
+                 (src, index.astype(bool)), (src, index[:, None])]:
+        with pytest.raises(ValueError, match="put_rows"):
+            _blas.put_rows(s, i, out)
+    assert not out.any()
 
 
 @pytest.mark.parametrize("use_kernels", [True, False], ids=["cython", "numpy"])

@@ -276,7 +276,8 @@ def test_split_inference_written_in_place_equals_whole_batch(monkeypatch, backen
     """Eval mode with the batch split over threads, where the kernels write the
     last layer's output straight into the whole batch's (one direction, the
     batch in order), in blocks of steps or not: the same output and final
-    state as the unsplit layer, for full, sorted and unsorted lengths."""
+    state as the unsplit layer, for full, sorted, unsorted and equal lengths
+    (ragged ones dealt out to the threads by length)."""
     import fastrnn._config as config
 
     rng = np.random.default_rng(5)
@@ -287,7 +288,8 @@ def test_split_inference_written_in_place_equals_whole_batch(monkeypatch, backen
         layer = make_layer(cls, opts, num_layers=num_layers, dtype=np.float64,
                            backend=backend, random_state=3).eval()
         hx = _initial_state(cls, layer, B, rng)
-        for lengths in (None, sorted_lengths, random_lengths(rng, B, T)):
+        for lengths in (None, sorted_lengths, random_lengths(rng, B, T),
+                        np.full(B, T), np.full(B, T - 2)):
             monkeypatch.setattr(config, "MIN_SAMPLES_PER_THREAD", 10 ** 9)
             monkeypatch.setattr(config, "INFERENCE_BLOCK_STEPS", T)
             want = _flat(layer(x, hx, lengths=lengths))
@@ -523,6 +525,10 @@ def test_forward_for_checked_data_skips_only_the_value_scan(rng):
     with pytest.raises(ValueError, match="NaN"):
         layer(x)
     assert np.isnan(layer._forward_finite(x)[0][1:, 0]).all()
+    x[1, 0, 2] = np.inf  # refused; unscanned, the saturated gates would absorb it
+    with pytest.raises(ValueError, match="infinity"):
+        layer(x)
+    assert np.isfinite(layer._forward_finite(x)[0]).all()
 
 
 @pytest.mark.parametrize("lengths,match", [
