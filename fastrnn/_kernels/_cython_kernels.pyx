@@ -1198,6 +1198,43 @@ def column_sums(const floating[:, ::1] a, floating[::1] out):
     free(ones)
 
 
+cdef int _copy_rows(str name, const floating[:, :, :] src, const int64_t[::1] index,
+                    floating[:, :, :] dst, bint scatter) except -1:
+    """``dst[t, i] = src[t, index[i]]`` (a gather) or, with ``scatter``,
+    ``dst[t, index[i]] = src[t, i]``, for every ``t`` and ``i``, without the
+    GIL. Both last axes must be contiguous (any other strides); every index is
+    checked against the indexed side's rows before anything is copied."""
+    cdef Py_ssize_t T = src.shape[0], n = index.shape[0], w = src.shape[2], t, i, bad = -1
+    cdef Py_ssize_t rows = dst.shape[1] if scatter else src.shape[1]
+    cdef Py_ssize_t listed = src.shape[1] if scatter else dst.shape[1]
+    cdef size_t size = <size_t>w * sizeof(floating)
+    if dst.shape[0] != T or dst.shape[2] != w or listed != n:
+        raise ValueError(
+            f"{name}: src is ({T}, {src.shape[1]}, {w}) and out ({dst.shape[0]}, "
+            f"{dst.shape[1]}, {dst.shape[2]}); expected the same steps and width, "
+            f"and {n} rows (one per index) in {'src' if scatter else 'out'}")
+    if w > 1 and (src.strides[2] != sizeof(floating) or dst.strides[2] != sizeof(floating)):
+        raise ValueError(f"{name}: the last axes must be contiguous")
+    with nogil:
+        for i in range(n):
+            if index[i] < 0 or index[i] >= rows:
+                bad = i
+                break
+        if bad < 0 and w > 0:
+            if scatter:
+                for t in range(T):
+                    for i in range(n):
+                        memcpy(&dst[t, index[i], 0], &src[t, i, 0], size)
+            else:
+                for t in range(T):
+                    for i in range(n):
+                        memcpy(&dst[t, i, 0], &src[t, index[i], 0], size)
+    if bad >= 0:
+        raise IndexError(f"{name}: index[{bad}] = {index[bad]} is out of range for "
+                         f"{rows} rows")
+    return 0
+
+
 def take_rows(const floating[:, :, :] a, const int64_t[::1] index,
               floating[:, :, ::1] out):
     """``out[t, i] = a[t, index[i]]`` for every ``t`` and ``i``, without the GIL.
@@ -1208,24 +1245,8 @@ def take_rows(const floating[:, :, :] a, const int64_t[::1] index,
     it. ``a``'s last axis must be contiguous (any other strides); every index
     is checked before anything is copied.
     """
-    cdef Py_ssize_t T = a.shape[0], n = index.shape[0], w = a.shape[2], t, i, bad = -1
-    if out.shape[0] != T or out.shape[1] != n or out.shape[2] != w:
-        raise ValueError(f"take_rows: out is ({out.shape[0]}, {out.shape[1]}, "
-                         f"{out.shape[2]}), expected ({T}, {n}, {w})")
-    if w > 1 and a.strides[2] != sizeof(floating):
-        raise ValueError("take_rows: the last axis of a must be contiguous")
-    with nogil:
-        for i in range(n):
-            if index[i] < 0 or index[i] >= a.shape[1]:
-                bad = i
-                break
-        if bad < 0 and w > 0:
-            for t in range(T):
-                for i in range(n):
-                    memcpy(&out[t, i, 0], &a[t, index[i], 0], <size_t>w * sizeof(floating))
-    if bad >= 0:
-        raise IndexError(f"take_rows: index[{bad}] = {index[bad]} is out of range for "
-                         f"{a.shape[1]} rows")
+    cdef floating[:, :, :] dst = out  # as the helper takes it
+    _copy_rows("take_rows", a, index, dst, False)
 
 
 def put_rows(const floating[:, :, ::1] src, const int64_t[::1] index,
@@ -1239,24 +1260,8 @@ def put_rows(const floating[:, :, ::1] src, const int64_t[::1] index,
     contiguous (any other strides); every index is checked before anything is
     copied.
     """
-    cdef Py_ssize_t T = src.shape[0], n = index.shape[0], w = src.shape[2], t, i, bad = -1
-    if src.shape[1] != n or out.shape[0] != T or out.shape[2] != w:
-        raise ValueError(f"put_rows: src is ({T}, {src.shape[1]}, {w}) for {n} indices, "
-                         f"out is ({out.shape[0]}, {out.shape[1]}, {out.shape[2]})")
-    if w > 1 and out.strides[2] != sizeof(floating):
-        raise ValueError("put_rows: the last axis of out must be contiguous")
-    with nogil:
-        for i in range(n):
-            if index[i] < 0 or index[i] >= out.shape[1]:
-                bad = i
-                break
-        if bad < 0 and w > 0:
-            for t in range(T):
-                for i in range(n):
-                    memcpy(&out[t, index[i], 0], &src[t, i, 0], <size_t>w * sizeof(floating))
-    if bad >= 0:
-        raise IndexError(f"put_rows: index[{bad}] = {index[bad]} is out of range for "
-                         f"{out.shape[1]} rows")
+    cdef const floating[:, :, :] rows = src  # as the helper takes it
+    _copy_rows("put_rows", rows, index, out, True)
 
 
 cdef inline void _zero(floating* p, Py_ssize_t n) noexcept nogil:
