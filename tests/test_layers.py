@@ -328,17 +328,14 @@ def test_inference_block_length(monkeypatch, cls):
     assert seen == [T]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name,cls,opts", CELLS, ids=[c[0] for c in CELLS])
-@pytest.mark.parametrize("min_samples", [10 ** 9, 3], ids=["whole", "split"])
-def test_backward_without_input_gradient_keeps_every_other_gradient(
-        monkeypatch, backend, name, cls, opts, min_samples):
-    """input_grad=False returns None for grad_x and the same parameter and
-    initial-state gradients as a full backward (two layers, dropout, ragged)."""
+def _two_backwards(monkeypatch, backend, cls, opts, min_samples, seed, backward):
+    """One two-layer bidirectional layer (dropout 0.3, float64, ragged), forward
+    and then ``backward(layer, out, h_n, first)`` twice, with the same dropout
+    masks both times; returns ``x`` and each run's ``(result, grads)``."""
     import fastrnn._config as config
 
     monkeypatch.setattr(config, "MIN_SAMPLES_PER_THREAD", min_samples)
-    rng = np.random.default_rng(8)
+    rng = np.random.default_rng(seed)
     T, B = 5, 7
     layer = make_layer(cls, opts, num_layers=2, bidirectional=True, dropout=0.3,
                        dtype=np.float64, backend=backend, random_state=1)
@@ -346,14 +343,28 @@ def test_backward_without_input_gradient_keeps_every_other_gradient(
     lengths = random_lengths(rng, B, T)
     state = layer._rng.get_state()
     results = []
-    for input_grad in (True, False):
+    for first in (True, False):
         layer._rng.set_state(state)  # the same dropout masks both times
         with config.thread_limit(2):
             out, h_n = layer(x, lengths=lengths)
-            weights = _loss_weights(np.random.default_rng(9), out, h_n)
-            grad_x, grad_hx = layer.backward(*weights, input_grad=input_grad)
-        results.append((grad_x, grad_hx, dict(layer.grads)))
-    (gx_full, ghx_full, full), (gx_none, ghx_none, skipped) = results
+            results.append((backward(layer, out, h_n, first), dict(layer.grads)))
+    return x, results
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name,cls,opts", CELLS, ids=[c[0] for c in CELLS])
+@pytest.mark.parametrize("min_samples", [10 ** 9, 3], ids=["whole", "split"])
+def test_backward_without_input_gradient_keeps_every_other_gradient(
+        monkeypatch, backend, name, cls, opts, min_samples):
+    """input_grad=False returns None for grad_x and the same parameter and
+    initial-state gradients as a full backward (two layers, dropout, ragged)."""
+    def backward(layer, out, h_n, input_grad):
+        weights = _loss_weights(np.random.default_rng(9), out, h_n)
+        return layer.backward(*weights, input_grad=input_grad)
+
+    x, results = _two_backwards(monkeypatch, backend, cls, opts, min_samples, 8,
+                                backward)
+    ((gx_full, ghx_full), full), ((gx_none, ghx_none), skipped) = results
     assert gx_full.shape == x.shape and gx_none is None
     for a, b in zip(*(g if isinstance(g, tuple) else (g,) for g in (ghx_full, ghx_none))):
         np.testing.assert_array_equal(b, a)
@@ -376,24 +387,12 @@ def test_backward_without_output_gradient_equals_zeros(monkeypatch, backend, nam
     """grad_output=None (a loss on the final state only) gives every gradient
     that a grad_output of zeros gives (two layers, dropout, ragged), also for
     batch-first and unbatched input."""
-    import fastrnn._config as config
+    def backward(layer, out, h_n, zeros):
+        w_h = _loss_weights(np.random.default_rng(11), out, h_n)[1]
+        return layer.backward(np.zeros_like(out) if zeros else None, w_h)
 
-    monkeypatch.setattr(config, "MIN_SAMPLES_PER_THREAD", min_samples)
-    rng = np.random.default_rng(10)
-    T, B = 5, 7
-    layer = make_layer(cls, opts, num_layers=2, bidirectional=True, dropout=0.3,
-                       dtype=np.float64, backend=backend, random_state=1)
-    x = rng.standard_normal((T, B, 3))
-    lengths = random_lengths(rng, B, T)
-    state = layer._rng.get_state()
-    results = []
-    for zeros in (True, False):
-        layer._rng.set_state(state)  # the same dropout masks both times
-        with config.thread_limit(2):
-            out, h_n = layer(x, lengths=lengths)
-            w_h = _loss_weights(np.random.default_rng(11), out, h_n)[1]
-            grads = layer.backward(np.zeros_like(out) if zeros else None, w_h)
-        results.append((grads, dict(layer.grads)))
+    x, results = _two_backwards(monkeypatch, backend, cls, opts, min_samples, 10,
+                                backward)
     (g_zero, p_zero), (g_none, p_none) = results
     for a, b in zip(_flat(g_zero), _flat(g_none)):  # grad_x and the initial states'
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
