@@ -1298,20 +1298,27 @@ cdef int _expect(str name, Py_ssize_t* shape, int ndim,
     return 0
 
 
+cdef Py_ssize_t _step_stride(str name, Py_ssize_t* shape, Py_ssize_t* strides,
+                             Py_ssize_t item) except -1:
+    """The layout a forward takes for ``x`` and ``out`` (T, B, W): each step's
+    rows one C-contiguous (B, W) block, the steps any distance apart that keeps
+    them from overlapping (a batch slice of a larger array). Returns that
+    distance in items."""
+    cdef Py_ssize_t T = shape[0], B = shape[1], W = shape[2]
+    if ((W > 1 and strides[2] != item) or (B > 1 and strides[1] != W * item)
+            or (T > 1 and (strides[0] < B * W * item or strides[0] % item))):
+        raise ValueError(
+            f"{name}: each step's ({B}, {W}) rows must be one C-contiguous block, and "
+            f"the steps apart; got strides {tuple([strides[k] for k in range(3)])}")
+    return strides[0] // item if T > 1 else B * W
+
+
 cdef Py_ssize_t _out_step_stride(floating[:, :, :] out, Py_ssize_t T, Py_ssize_t B,
                                  Py_ssize_t R) except -1:
-    """A forward's ``out``: (T, B, R) with each step's rows one C-contiguous
-    (B, R) block, the steps any distance apart that keeps them from
-    overlapping (a batch slice of a larger output). Returns that distance in
-    items."""
-    cdef Py_ssize_t item = sizeof(floating)
+    """A forward's ``out``: (T, B, R) in the layout of :func:`_step_stride`;
+    returns the distance of its steps in items."""
     _expect("out", out.shape, 3, T, B, R)
-    if ((R > 1 and out.strides[2] != item) or (B > 1 and out.strides[1] != R * item)
-            or (T > 1 and (out.strides[0] < B * R * item or out.strides[0] % item))):
-        raise ValueError(
-            f"out: each step's ({B}, {R}) rows must be one C-contiguous block, and "
-            f"the steps apart; got strides {tuple([out.strides[k] for k in range(3)])}")
-    return out.strides[0] // item if T > 1 else B * R
+    return _step_stride("out", out.shape, out.strides, sizeof(floating))
 
 
 cdef bint _has_out_grad(Py_ssize_t* shape, Py_ssize_t T, Py_ssize_t B,
@@ -1352,19 +1359,14 @@ cdef Py_ssize_t _check_input(const floating[:, :, :] x, const floating[:, ::1] w
     """A forward's input side: ``x`` (T, B, D) with D >= 1, each step's rows
     one C-contiguous block (the steps may lie further apart), ``w_ih``
     (G, D), ``bias`` (G,). Returns the distance of x's steps in items."""
-    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
-    cdef Py_ssize_t item = sizeof(floating)
+    cdef Py_ssize_t D = x.shape[2]
     if D < 1:
         raise ValueError("x: expected at least one feature per step, got shape "
                          f"{tuple([x.shape[k] for k in range(3)])}")
-    if ((D > 1 and x.strides[2] != item) or (B > 1 and x.strides[1] != D * item)
-            or (T > 1 and (x.strides[0] < B * D * item or x.strides[0] % item))):
-        raise ValueError(
-            f"x: each step's ({B}, {D}) rows must be one C-contiguous block, and "
-            f"the steps apart; got strides {tuple([x.strides[k] for k in range(3)])}")
+    cdef Py_ssize_t xts = _step_stride("x", x.shape, x.strides, sizeof(floating))
     _expect("w_ih", w_ih.shape, 2, G, D)
     _expect("bias", bias.shape, 1, G)
-    return x.strides[0] // item if T > 1 else B * D
+    return xts
 
 
 # --------------------------------------------------------------------- RNN
