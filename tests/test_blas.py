@@ -35,6 +35,42 @@ def test_matmul_matches_numpy(monkeypatch, use_kernels_blas, dtype, trans_a, tra
     np.testing.assert_allclose(over, want, **tol)
 
 
+@pytest.mark.parametrize("panels", [True, False], ids=["panels", "blas"])
+@pytest.mark.parametrize("k,m,n", [
+    (1, 1, 1), (5, 7, 3), (300, 13, 45), (257, 8, 32),  # blocks of 8 by 32, and rests
+    (600, 9, 100), (300, 40, 40), (1568, 32, 32),
+    (513, 33, 31), (1000, 128, 8), (40, 70, 1),         # n < 32 <= m: stored transposed
+])
+def test_weight_gradient_products_within_the_float32_bound(k, m, n, panels):
+    """``a.T @ b`` in float32 (the weight gradients' form, which runs on the
+    Cython tn kernel when the panels are on and the product is small, else on
+    BLAS) against a float64 product of the same numbers, within the bound of
+    a k-term float32 dot product, ``(k + 2) u (|a|.T @ |b|)``, doubled for the
+    kernel's chunks of k and the added ``c``."""
+    if _blas._gemm is None:
+        pytest.skip("SKIPPED LOUDLY: the Cython extension is not built")
+    from fastrnn._kernels import _cython_kernels as kern
+
+    rng = np.random.default_rng(k + m + n)
+    a = rng.standard_normal((k, m)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    c0 = rng.standard_normal((m, n)).astype(np.float32)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    want = a64.T @ b64
+    bound = 2 * (k + 2) * 2.0 ** -24 * (np.abs(a64).T @ np.abs(b64) + np.abs(c0))
+    was = kern.panel_products()
+    kern.set_panel_products(panels)
+    try:
+        got = np.full((m, n), np.nan, np.float32)  # overwritten, not added to
+        _blas._gemm(a, b, got, True, False, 0.0)
+        acc = c0.copy()
+        _blas._gemm(a, b, acc, True, False, 1.0)
+    finally:
+        kern.set_panel_products(was)
+    assert np.all(np.abs(got - want) <= bound)
+    assert np.all(np.abs(acc - (want + c0)) <= bound)
+
+
 def test_matmul_empty_inner_dimension_is_zero():
     a, b = np.ones((4, 0), np.float32), np.ones((0, 3), np.float32)
     np.testing.assert_array_equal(_blas.matmul(a, b), np.zeros((4, 3)))
