@@ -16,6 +16,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from ._config import blas_held_single_threaded
+
 try:
     from ._kernels._cython_kernels import gemm as _gemm
     from ._kernels._cython_kernels import take_rows as _take_rows
@@ -44,7 +46,8 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, accumulate=False):
         out = np.zeros((m, n), a.dtype) if accumulate else np.empty((m, n), a.dtype)
     if _gemm is not None and 0 < min(m, n, k) and max(m, n, k) <= _INT32_MAX \
             and a.dtype == b.dtype == out.dtype and out.flags.c_contiguous:
-        _gemm(a, b, out, trans_a, trans_b, 1.0 if accumulate else 0.0)
+        _gemm(a, b, out, trans_a, trans_b, 1.0 if accumulate else 0.0,
+              blas_held_single_threaded())
         return out
     prod = (a.T if trans_a else a) @ (b.T if trans_b else b)
     if accumulate:

@@ -187,6 +187,13 @@ def single_threaded_blas():
                     lib.set_num_threads(n)
 
 
+def blas_held_single_threaded():
+    """Whether some caller is inside :func:`single_threaded_blas` (a split layer,
+    an estimator's fit), so that BLAS runs on one thread; a cheap flag, unlike
+    asking BLAS."""
+    return _blas_users > 0
+
+
 _pool = None
 _pool_size = 0
 _pool_lock = threading.Lock()

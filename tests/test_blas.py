@@ -40,11 +40,13 @@ def test_matmul_matches_numpy(monkeypatch, use_kernels_blas, dtype, trans_a, tra
     (1, 1, 1), (5, 7, 3), (300, 13, 45), (257, 8, 32),  # blocks of 8 by 32, and rests
     (600, 9, 100), (300, 40, 40), (1568, 32, 32),
     (513, 33, 31), (1000, 128, 8), (40, 70, 1),         # n < 32 <= m: stored transposed
+    (2100, 64, 64),           # over 2^23 multiply-adds: the kernel's with one_thread only
 ])
-def test_weight_gradient_products_within_the_float32_bound(k, m, n, panels):
+@pytest.mark.parametrize("one_thread", [True, False], ids=["one-thread", "any"])
+def test_weight_gradient_products_within_the_float32_bound(k, m, n, panels, one_thread):
     """``a.T @ b`` in float32 (the weight gradients' form, which runs on the
-    Cython tn kernel when the panels are on and the product is small, else on
-    BLAS) against a float64 product of the same numbers, within the bound of
+    Cython tn kernel when the panels are on and the product is small, or
+    narrow with BLAS held on one thread, else on BLAS) against a float64 product of the same numbers, within the bound of
     a k-term float32 dot product, ``(k + 2) u (|a|.T @ |b|)``, doubled for the
     kernel's chunks of k and the added ``c``."""
     if _blas._gemm is None:
@@ -62,9 +64,9 @@ def test_weight_gradient_products_within_the_float32_bound(k, m, n, panels):
     kern.set_panel_products(panels)
     try:
         got = np.full((m, n), np.nan, np.float32)  # overwritten, not added to
-        _blas._gemm(a, b, got, True, False, 0.0)
+        _blas._gemm(a, b, got, True, False, 0.0, one_thread)
         acc = c0.copy()
-        _blas._gemm(a, b, acc, True, False, 1.0)
+        _blas._gemm(a, b, acc, True, False, 1.0, one_thread)
     finally:
         kern.set_panel_products(was)
     assert np.all(np.abs(got - want) <= bound)

@@ -926,9 +926,11 @@ cdef enum:
     # The forwards fuse the input projection into their steps for batches of
     # at least this many samples (see _forward_input).
     _FUSED_MIN_ROWS = 2
-    # gemm's products a.T @ b (the weight gradients) of float32 up to this
-    # many multiply-adds run on fastrnn_sgemm_tn (when the panels are on)
+    # gemm's products a.T @ b (the weight gradients) of float32 run on
+    # fastrnn_sgemm_tn (when the panels are on) up to this many multiply-adds,
     _TN_MAX_MACS = 1 << 23
+    # or, with BLAS held on one thread, up to this many outputs (m * n)
+    _TN_ONE_THREAD_MAX_OUT = 1 << 14
 
 
 cdef inline bint _use_transposed(Py_ssize_t nb, Py_ssize_t G, Py_ssize_t R) noexcept nogil:
@@ -1231,7 +1233,8 @@ cdef inline void _input_step(floating* c, const floating* h, const floating* w,
 
 
 def gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
-         bint trans_a=False, bint trans_b=False, double beta=0.0):
+         bint trans_a=False, bint trans_b=False, double beta=0.0,
+         bint one_thread=False):
     """``c = op(a) @ op(b) + beta * c`` in place, through the kernels' BLAS.
 
     Not one of the six kernels: the layers' big products over all time steps
@@ -1239,14 +1242,21 @@ def gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
     ``trans_a`` / ``trans_b`` is true; all three arrays are C-contiguous and of
     one dtype. Runs without the GIL.
 
-    The weight gradients' form ``a.T @ b`` in float32, beta 0 or 1, up to
-    ``_TN_MAX_MACS`` multiply-adds, runs on ``fastrnn_sgemm_tn`` instead when
-    the panels are on (:func:`set_panel_products`). One thread, medians:
-    (1568, 32).T @ (1568, 32) 22 us against BLAS's 45-51 (one thread) and
-    73-78 (two); (1568, 128).T @ (1568, 8) 26 against 80-89 and 51-59;
-    (1568, 128).T @ (1568, 32) 90 against 149-171 and 90-114. Larger products
-    stay with BLAS, which is faster there on two threads (and on one from
-    about (3200, 512).T @ (3200, 128)).
+    The weight gradients' form ``a.T @ b`` in float32, beta 0 or 1, runs on
+    ``fastrnn_sgemm_tn`` instead when the panels are on
+    (:func:`set_panel_products`) and the product is small (``_TN_MAX_MACS``)
+    or, ``one_thread`` (BLAS is held on one thread), narrow
+    (``_TN_ONE_THREAD_MAX_OUT``). Medians, the kernel against BLAS on one
+    thread and on two:
+
+    - (1568, 32).T @ (1568, 32): 22 us against 45-51 and 73-78;
+    - (1568, 128).T @ (1568, 8): 26 against 80-89 and 51-59;
+    - (1568, 128).T @ (1568, 32): 90 against 149-171 and 90-114;
+    - (5000, 256).T @ (5000, 64): 1.37 ms against 1.77 and 1.09-1.12;
+    - (3200, 512).T @ (3200, 32): 1.05 ms against 1.39-1.46 and 0.79.
+
+    So larger products stay with BLAS on two threads; on one, from about
+    (3200, 512).T @ (3200, 128) (3.5 ms against 3.3).
     """
     cdef Py_ssize_t m = a.shape[1] if trans_a else a.shape[0]
     cdef Py_ssize_t k = a.shape[0] if trans_a else a.shape[1]
@@ -1263,7 +1273,8 @@ def gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
     cdef floating beta_ = <floating>beta
     if floating is float:
         if (_panels_on and trans_a and not trans_b and (beta == 0 or beta == 1)
-                and m * n * k <= _TN_MAX_MACS):
+                and (m * n * k <= _TN_MAX_MACS
+                     or (one_thread and m * n <= _TN_ONE_THREAD_MAX_OUT))):
             with nogil:
                 fastrnn_sgemm_tn(m, n, k, &a[0, 0], m, &b[0, 0], n, &c[0, 0], n,
                                  beta == 1)
