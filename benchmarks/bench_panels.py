@@ -1,11 +1,12 @@
-"""The Cython backend's float32 step products: packed panels against BLAS.
+"""The Cython backend's float32 step products: packed panels against BLAS;
+and the weight gradients' products, on the tn kernel against BLAS.
 
 The same fastrnn step run both ways (``set_panel_products``), so the ratio of
 the two rows tracks what the panels are worth on the machine that runs the
 suite; skipped where the Cython backend or AVX-512 is missing.
 """
 
-from .common import CELLS, ThreadsMixin, runner, scenarios
+from .common import CELLS, QUICK, ThreadsMixin, runner, scenarios
 
 
 def _kernels_or_skip():
@@ -37,3 +38,37 @@ class StepProducts(ThreadsMixin):
 
     def time_step(self, sid, cell, products):
         self.step()
+
+
+class WeightGradients:
+    """The weight gradients' products ``a.T @ b`` (``fastrnn._blas.matmul``),
+    through the Cython tn kernel (panels on) and through BLAS (off), on one
+    thread and on two: S4's ``W_hh`` (32 x 32) and ``W_ih`` of an LSTM
+    (128 x 8) over its 1,568 rows, and an S3 slice's ``W_ih`` (512 x 32)."""
+
+    params = (["1568x32x32"] if QUICK else ["1568x32x32", "1568x128x8", "3200x512x32"],
+              ["panels", "blas"], [1, 2])
+    param_names = ["k_m_n", "products", "threads"]
+
+    def setup(self, shape, products, threads):
+        import numpy as np
+
+        from fastrnn import _blas
+        from fastrnn._config import thread_limit
+
+        self._kernels = _kernels_or_skip()
+        self._was = self._kernels.set_panel_products(products == "panels")
+        self._threads = thread_limit(threads).__enter__()
+        k, m, n = (int(v) for v in shape.split("x"))
+        rng = np.random.default_rng(0)
+        self.a = rng.standard_normal((k, m)).astype(np.float32)
+        self.b = rng.standard_normal((k, n)).astype(np.float32)
+        self.out = np.empty((m, n), np.float32)
+        self.matmul = _blas.matmul
+
+    def teardown(self, *args):
+        self._threads.__exit__(None, None, None)
+        self._kernels.set_panel_products(self._was)
+
+    def time_product(self, shape, products, threads):
+        self.matmul(self.a, self.b, trans_a=True, out=self.out)
