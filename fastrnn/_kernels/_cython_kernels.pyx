@@ -861,10 +861,11 @@ cdef bint _panels_on = PANELS_AVAILABLE and os.environ.get("FASTRNN_PANELS", "1"
 
 
 def set_panel_products(bint on):
-    """Run float32 step products on packed panels (when :data:`PANELS_AVAILABLE`)
-    or through BLAS; returns the previous setting. For tests and measurements:
-    the kernels read it once per call. ``FASTRNN_PANELS=0`` in the environment
-    turns them off from the start."""
+    """Run float32 step products on packed panels (when :data:`PANELS_AVAILABLE`),
+    and :func:`gemm`'s small weight-gradient products on its AVX-512 kernel,
+    or both through BLAS; returns the previous setting. For tests and
+    measurements: the kernels read it once per call. ``FASTRNN_PANELS=0`` in
+    the environment turns them off from the start."""
     global _panels_on
     cdef bint was = _panels_on
     _panels_on = on and PANELS_AVAILABLE
