@@ -1174,3 +1174,16 @@ def test_n_jobs_zero_is_refused():
     X = np.zeros((4, 3, 2))
     with pytest.raises(ValueError, match="n_jobs=0"):
         RNNRegressor((2,), max_iter=1, n_jobs=0).fit(X, np.zeros(4))
+
+
+@pytest.mark.parametrize("n_jobs,fit,want", [
+    (None, True, 1), (None, False, None), (3, True, 3), (3, False, 3),
+    (-1, False, 6), (-2, True, 5), (-6, False, 1), (-50, True, 1),
+])
+def test_n_jobs_as_a_thread_count_follows_joblib(monkeypatch, n_jobs, fit, want):
+    """n_jobs=-1 is every core, -2 all but one (never fewer than one), as in
+    joblib; None is one thread in fit and BLAS's setting in predict."""
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert RNNRegressor((2,), n_jobs=n_jobs)._n_threads(fit) == want
