@@ -42,9 +42,12 @@ class StepProducts(ThreadsMixin):
 
 class WeightGradients:
     """The weight gradients' products ``a.T @ b`` (``fastrnn._blas.matmul``),
-    through the Cython tn kernel (panels on) and through BLAS (off), on one
-    thread and on two: S4's ``W_hh`` (32 x 32) and ``W_ih`` of an LSTM
-    (128 x 8) over its 1,568 rows, and an S3 slice's ``W_ih`` (512 x 32)."""
+    through the Cython tn kernel (panels on) and through BLAS (off): S4's
+    ``W_hh`` (32 x 32) and ``W_ih`` of an LSTM (128 x 8) over its 1,568 rows,
+    and an S3 slice's ``W_ih`` (512 x 32). On one thread as the layers' batch
+    slices and the estimators' fit run them (BLAS held on one thread by
+    ``single_threaded_blas``, which lets the kernel take the S3 product too),
+    and on two (where that product stays with BLAS either way)."""
 
     params = (["1568x32x32"] if QUICK else ["1568x32x32", "1568x128x8", "3200x512x32"],
               ["panels", "blas"], [1, 2])
@@ -54,11 +57,13 @@ class WeightGradients:
         import numpy as np
 
         from fastrnn import _blas
-        from fastrnn._config import thread_limit
+        from fastrnn._config import single_threaded_blas, thread_limit
 
         self._kernels = _kernels_or_skip()
         self._was = self._kernels.set_panel_products(products == "panels")
-        self._threads = thread_limit(threads).__enter__()
+        self._threads = (single_threaded_blas() if threads == 1
+                         else thread_limit(threads))
+        self._threads.__enter__()
         k, m, n = (int(v) for v in shape.split("x"))
         rng = np.random.default_rng(0)
         self.a = rng.standard_normal((k, m)).astype(np.float32)

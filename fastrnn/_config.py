@@ -189,8 +189,11 @@ def single_threaded_blas():
 
 def blas_held_single_threaded():
     """Whether some caller is inside :func:`single_threaded_blas` (a split layer,
-    an estimator's fit), so that BLAS runs on one thread; a cheap flag, unlike
-    asking BLAS."""
+    an estimator's fit), so that BLAS runs on one thread: a cheap flag, unlike
+    asking BLAS, and process-wide like the setting. It reports fastrnn's own
+    request only; a limit set otherwise (:class:`thread_limit`,
+    ``OPENBLAS_NUM_THREADS``) is not seen. It chooses code
+    (:func:`fastrnn._blas.matmul`), never a result."""
     return _blas_users > 0
 
 

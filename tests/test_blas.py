@@ -45,10 +45,11 @@ def test_matmul_matches_numpy(monkeypatch, use_kernels_blas, dtype, trans_a, tra
 @pytest.mark.parametrize("one_thread", [True, False], ids=["one-thread", "any"])
 def test_weight_gradient_products_within_the_float32_bound(k, m, n, panels, one_thread):
     """``a.T @ b`` in float32 (the weight gradients' form, which runs on the
-    Cython tn kernel when the panels are on and the product is small, or
-    narrow with BLAS held on one thread, else on BLAS) against a float64 product of the same numbers, within the bound of
-    a k-term float32 dot product, ``(k + 2) u (|a|.T @ |b|)``, doubled for the
-    kernel's chunks of k and the added ``c``."""
+    Cython tn kernel when the panels are on and the product is small, or has
+    few outputs with BLAS held on one thread; else on BLAS) against a float64
+    product of the same numbers, within the bound of a k-term float32 dot
+    product, ``(k + 2) u (|a|.T @ |b|)``, doubled for the kernel's chunks of
+    k and the added ``c``."""
     if _blas._gemm is None:
         pytest.skip("SKIPPED LOUDLY: the Cython extension is not built")
     from fastrnn._kernels import _cython_kernels as kern
@@ -71,6 +72,40 @@ def test_weight_gradient_products_within_the_float32_bound(k, m, n, panels, one_
         kern.set_panel_products(was)
     assert np.all(np.abs(got - want) <= bound)
     assert np.all(np.abs(acc - (want + c0)) <= bound)
+
+
+@pytest.mark.parametrize("k,m,n,one_thread,kernel", [
+    (1568, 32, 32, False, True),     # small: the kernel's
+    (1000, 128, 8, False, True),     # small, stored transposed
+    (2100, 64, 64, True, True),      # over 2^23 multiply-adds, 2^12 outputs, BLAS held
+    (2100, 64, 64, False, False),    # the same, BLAS free to use its threads
+    (600, 128, 129, True, False),    # over 2^14 outputs
+])
+def test_weight_gradient_products_take_the_documented_path(k, m, n, one_thread, kernel):
+    """gemm's choice between the tn kernel and BLAS, seen in the last bits:
+    the two sum in different orders, so over hundreds of rows their float32
+    results differ somewhere when the kernel ran, and are identical (BLAS
+    both times) when it did not."""
+    if _blas._gemm is None:
+        pytest.skip("SKIPPED LOUDLY: the Cython extension is not built")
+    from fastrnn._kernels import _cython_kernels as kern
+
+    if not kern.PANELS_AVAILABLE:
+        pytest.skip("SKIPPED LOUDLY: the tn kernel needs AVX-512 (and gcc or clang); "
+                    "BLAS runs every product here")
+    rng = np.random.default_rng(k * m + n)
+    a = rng.standard_normal((k, m)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    got = {}
+    was = kern.panel_products()
+    try:
+        for on in (True, False):
+            kern.set_panel_products(on)
+            got[on] = np.empty((m, n), np.float32)
+            _blas._gemm(a, b, got[on], True, False, 0.0, one_thread)
+    finally:
+        kern.set_panel_products(was)
+    assert np.array_equal(got[True], got[False]) is not kernel
 
 
 def test_matmul_empty_inner_dimension_is_zero():

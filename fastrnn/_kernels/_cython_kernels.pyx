@@ -722,6 +722,7 @@ cdef extern from *:
                 fastrnn_panel_store(s0[r], s1[r], c + r * ldc, acc, NULL, NULL, m0, m1);
             return;
         }
+        /* 32-bit offsets: ldc < 32 on this path (see fastrnn_sgemm_tn) */
         const __m512i rows = _mm512_mullo_epi32(
             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
             _mm512_set1_epi32((int)ldc));
@@ -742,10 +743,11 @@ cdef extern from *:
        rows lda and ldb apart: the layers' weight gradients, sums over many
        rows (k) of small products, which BLAS runs at 40-90 GFLOP/s (S4: m =
        32 to 128, n = 8 or 32, k = 1568). Blocks of 8 columns of one operand
-       by 32 of the other, the wider one (c's rows when n < 32 <= m, stored
-       transposed), over chunks of FASTRNN_TN_KC rows, whose slices stay in
-       L2 while every block runs over them. The sum over k runs in order
-       within a chunk, the chunks added in order. */
+       by 32 of the other, the vectors along b's columns, or along a's when
+       n < 32 and m > n (c then stored transposed), over chunks of
+       FASTRNN_TN_KC rows, whose slices stay in L2 while every block runs
+       over them. The sum over k runs in order within a chunk, the chunks
+       added in order. */
     #define FASTRNN_TN_KC 256
     FASTRNN_AVX512 static void fastrnn_sgemm_tn(
             ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdiff_t lda,
@@ -873,7 +875,8 @@ def set_panel_products(bint on):
 
 
 def panel_products():
-    """Whether the float32 step products run on packed panels now."""
+    """Whether the float32 step products run on packed panels now (and
+    :func:`gemm`'s small weight-gradient products on its own kernel)."""
     return bool(_panels_on)
 
 
@@ -1236,7 +1239,8 @@ cdef inline void _input_step(floating* c, const floating* h, const floating* w,
 def gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
          bint trans_a=False, bint trans_b=False, double beta=0.0,
          bint one_thread=False):
-    """``c = op(a) @ op(b) + beta * c`` in place, through the kernels' BLAS.
+    """``c = op(a) @ op(b) + beta * c`` in place, through the kernels' BLAS or,
+    for small weight-gradient products, a kernel of this extension.
 
     Not one of the six kernels: the layers' big products over all time steps
     (see :mod:`fastrnn._blas` for why they come here). ``op`` transposes when
@@ -1244,11 +1248,12 @@ def gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
     one dtype. Runs without the GIL.
 
     The weight gradients' form ``a.T @ b`` in float32, beta 0 or 1, runs on
-    ``fastrnn_sgemm_tn`` instead when the panels are on
-    (:func:`set_panel_products`) and the product is small (``_TN_MAX_MACS``)
-    or, ``one_thread`` (BLAS is held on one thread), narrow
-    (``_TN_ONE_THREAD_MAX_OUT``). Medians, the kernel against BLAS on one
-    thread and on two:
+    ``fastrnn_sgemm_tn`` when the panels are on (:func:`set_panel_products`)
+    and the product has at most 2^23 multiply-adds, or at most 2^14 outputs
+    (m * n) when ``one_thread`` says BLAS is held on one thread (the caller's
+    knowledge: it only chooses the code, never BLAS's threads). Everything
+    else goes to BLAS. Medians, the kernel against BLAS on one thread and on
+    two:
 
     - (1568, 32).T @ (1568, 32): 22 us against 45-51 and 73-78;
     - (1568, 128).T @ (1568, 8): 26 against 80-89 and 51-59;
