@@ -80,6 +80,7 @@ def test_weight_gradient_products_within_the_float32_bound(k, m, n, panels, one_
     (2100, 64, 64, True, True),      # over 2^23 multiply-adds, 2^12 outputs, BLAS held
     (2100, 64, 64, False, False),    # the same, BLAS free to use its threads
     (600, 128, 129, True, False),    # over 2^14 outputs
+    (2100, 512, 32, True, False),    # 2^14 outputs, but of rows over 256 long
 ])
 def test_weight_gradient_products_take_the_documented_path(k, m, n, one_thread, kernel):
     """gemm's choice between the tn kernel and BLAS, seen in the last bits:

@@ -933,8 +933,10 @@ cdef enum:
     # gemm's products a.T @ b (the weight gradients) of float32 run on
     # fastrnn_sgemm_tn (when the panels are on) up to this many multiply-adds,
     _TN_MAX_MACS = 1 << 23
-    # or, with BLAS held on one thread, up to this many outputs (m * n)
+    # or, with BLAS held on one thread, up to this many outputs (m * n) of
+    # rows of up to _TN_ONE_THREAD_MAX_M (the gradients' side, a.T's rows)
     _TN_ONE_THREAD_MAX_OUT = 1 << 14
+    _TN_ONE_THREAD_MAX_M = 256
 
 
 cdef inline bint _use_transposed(Py_ssize_t nb, Py_ssize_t G, Py_ssize_t R) noexcept nogil:
@@ -1250,10 +1252,10 @@ def gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
     The weight gradients' form ``a.T @ b`` in float32, beta 0 or 1, runs on
     ``fastrnn_sgemm_tn`` when the panels are on (:func:`set_panel_products`)
     and the product has at most 2^23 multiply-adds, or at most 2^14 outputs
-    (m * n) when ``one_thread`` says BLAS is held on one thread (the caller's
-    knowledge: it only chooses the code, never BLAS's threads). Everything
-    else goes to BLAS. Medians, the kernel against BLAS on one thread and on
-    two:
+    (m * n) and m <= 256 when ``one_thread`` says BLAS is held on one thread
+    (the caller's knowledge: it only chooses the code, never BLAS's threads).
+    Everything else goes to BLAS. Medians of the product alone, its operands
+    in cache, the kernel against BLAS on one thread and on two:
 
     - (1568, 32).T @ (1568, 32): 22 us against 45-51 and 73-78;
     - (1568, 128).T @ (1568, 8): 26 against 80-89 and 51-59;
@@ -1261,7 +1263,12 @@ def gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
     - (5000, 256).T @ (5000, 64): 1.37 ms against 1.77 and 1.09-1.12;
     - (3200, 512).T @ (3200, 32): 1.05 ms against 1.39-1.46 and 0.79.
 
-    So larger products stay with BLAS on two threads; on one, from about
+    Inside a training step the last one lost all the same (its ``a``, the
+    gate gradients, arrives from memory, and the kernel reads it a block of
+    columns at a time): S3 LSTM 1.01-1.03 of the time with it, a fit of an
+    LSTM(128) on 32 features 1.02-1.15; hence the bound on m. The fit of an
+    LSTM(64) on 8 features, with products like the fourth, took 0.90-0.95.
+    Larger products stay with BLAS on two threads; on one, from about
     (3200, 512).T @ (3200, 128) (3.5 ms against 3.3).
     """
     cdef Py_ssize_t m = a.shape[1] if trans_a else a.shape[0]
@@ -1280,7 +1287,8 @@ def gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
     if floating is float:
         if (_panels_on and trans_a and not trans_b and (beta == 0 or beta == 1)
                 and (m * n * k <= _TN_MAX_MACS
-                     or (one_thread and m * n <= _TN_ONE_THREAD_MAX_OUT))):
+                     or (one_thread and m * n <= _TN_ONE_THREAD_MAX_OUT
+                         and m <= _TN_ONE_THREAD_MAX_M))):
             with nogil:
                 fastrnn_sgemm_tn(m, n, k, &a[0, 0], m, &b[0, 0], n, &c[0, 0], n,
                                  beta == 1)
