@@ -594,27 +594,57 @@ cdef extern from *:
         _mm512_mask_storeu_ps(c + 16, m1, v1);
     }
 
-    /* c (mr, 32) (+)= a (mr, k) @ bp (k, 32), mr <= 8: inlined with mr a
-       constant, so the sums stay in registers */
+    /* The register block of the panel and tn products: for r < mr <= 8,
+       s0[r], s1[r] = the sums over p < k of x[r * xr + p * xp] times the 32
+       floats at y + p * ldy: all 32 when y is padded (packed panels, read
+       whole: masked loads made the S2-sized LSTM forward 10-15% slower),
+       else the lanes of masks m0, m1 (zero elsewhere). Per p: two loads of y
+       and mr broadcasts of x per 2 * mr fused multiply-adds. Inlined with mr
+       and padded constants, so the sums stay in registers. */
+    FASTRNN_AVX512 __attribute__((always_inline)) static inline void
+    fastrnn_block_sums(const int mr, ptrdiff_t k, const float* x, ptrdiff_t xr,
+                       ptrdiff_t xp, const float* y, ptrdiff_t ldy, const int padded,
+                       __mmask16 m0, __mmask16 m1, __m512* s0, __m512* s1) {
+        for (int r = 0; r < mr; r++) {
+            s0[r] = _mm512_setzero_ps();
+            s1[r] = _mm512_setzero_ps();
+        }
+        for (ptrdiff_t p = 0; p < k; p++) {
+            __m512 y0 = padded ? _mm512_loadu_ps(y + p * ldy)
+                               : _mm512_maskz_loadu_ps(m0, y + p * ldy);
+            __m512 y1 = padded ? _mm512_loadu_ps(y + p * ldy + 16)
+                               : _mm512_maskz_loadu_ps(m1, y + p * ldy + 16);
+            for (int r = 0; r < mr; r++) {
+                __m512 v = _mm512_set1_ps(x[r * xr + p * xp]);
+                s0[r] = _mm512_fmadd_ps(v, y0, s0[r]);
+                s1[r] = _mm512_fmadd_ps(v, y1, s1[r]);
+            }
+        }
+    }
+
+    /* F(mr, args...) with mr = min(rows, 8) (rows >= 1) a constant, so that
+       F's register block is compiled for each */
+    #define FASTRNN_BY_ROWS(rows, F, ...) do {                              \
+            switch ((rows) < 8 ? (rows) : 8) {                              \
+            case 8: F(8, __VA_ARGS__); break;                               \
+            case 7: F(7, __VA_ARGS__); break;                               \
+            case 6: F(6, __VA_ARGS__); break;                               \
+            case 5: F(5, __VA_ARGS__); break;                               \
+            case 4: F(4, __VA_ARGS__); break;                               \
+            case 3: F(3, __VA_ARGS__); break;                               \
+            case 2: F(2, __VA_ARGS__); break;                               \
+            default: F(1, __VA_ARGS__); break;                              \
+            }                                                               \
+        } while (0)
+
+    /* c (mr, 32) (+)= a (mr, k) @ bp (k, 32), mr <= 8, then add and scale */
     FASTRNN_AVX512 __attribute__((always_inline)) static inline void
     fastrnn_panel_block(const int mr, ptrdiff_t k, const float* a, ptrdiff_t lda,
                   const float* bp, float* c, ptrdiff_t ldc, __mmask16 m0,
                   __mmask16 m1, int acc, const float* add, ptrdiff_t ldadd,
                   const float* scale) {
         __m512 s0[8], s1[8];
-        for (int i = 0; i < mr; i++) {
-            s0[i] = _mm512_setzero_ps();
-            s1[i] = _mm512_setzero_ps();
-        }
-        for (ptrdiff_t p = 0; p < k; p++) {
-            __m512 b0 = _mm512_loadu_ps(bp + p * 32);
-            __m512 b1 = _mm512_loadu_ps(bp + p * 32 + 16);
-            for (int i = 0; i < mr; i++) {
-                __m512 x = _mm512_set1_ps(a[i * lda + p]);
-                s0[i] = _mm512_fmadd_ps(x, b0, s0[i]);
-                s1[i] = _mm512_fmadd_ps(x, b1, s1[i]);
-            }
-        }
+        fastrnn_block_sums(mr, k, a, lda, 1, bp, 32, 1, m0, m1, s0, s1);
         for (int i = 0; i < mr; i++)
             fastrnn_panel_store(s0[i], s1[i], c + i * ldc, acc,
                                 add ? add + i * ldadd : NULL, scale, m0, m1);
@@ -679,44 +709,22 @@ cdef extern from *:
                         float* ci = c + i * ldc + j0;
                         const float* ad = last && add ? add + i * ldadd + j0 : NULL;
                         const float* sc = last && scale ? scale + j0 : NULL;
-                        switch (i1 - i < 8 ? i1 - i : 8) {
-                        case 8: fastrnn_panel_block(8, kc, ai, lda, pb, ci, ldc, m0, m1, ac, ad, ldadd, sc); break;
-                        case 7: fastrnn_panel_block(7, kc, ai, lda, pb, ci, ldc, m0, m1, ac, ad, ldadd, sc); break;
-                        case 6: fastrnn_panel_block(6, kc, ai, lda, pb, ci, ldc, m0, m1, ac, ad, ldadd, sc); break;
-                        case 5: fastrnn_panel_block(5, kc, ai, lda, pb, ci, ldc, m0, m1, ac, ad, ldadd, sc); break;
-                        case 4: fastrnn_panel_block(4, kc, ai, lda, pb, ci, ldc, m0, m1, ac, ad, ldadd, sc); break;
-                        case 3: fastrnn_panel_block(3, kc, ai, lda, pb, ci, ldc, m0, m1, ac, ad, ldadd, sc); break;
-                        case 2: fastrnn_panel_block(2, kc, ai, lda, pb, ci, ldc, m0, m1, ac, ad, ldadd, sc); break;
-                        default: fastrnn_panel_block(1, kc, ai, lda, pb, ci, ldc, m0, m1, ac, ad, ldadd, sc); break;
-                        }
+                        FASTRNN_BY_ROWS(i1 - i, fastrnn_panel_block, kc, ai, lda, pb, ci,
+                                        ldc, m0, m1, ac, ad, ldadd, sc);
                     }
                 }
             }
         }
     }
-    /* The sums over k rows of x (k, mr) and y (k, up to 32 columns) of
-       x[p, r] * y[p, :], read in place (rows ldx and ldy apart): per row, two
-       loads of y and mr broadcasts of x per 2 * mr fused multiply-adds, the
-       sums kept in registers (mr <= 8, a constant once inlined). Stored (or
-       added, acc) as c's rows r, or, tr, as its columns r (c[j * ldc + r]). */
+    /* c (mr, up to 32 columns) (+)= x.T @ y over k rows, x (k, mr) and y
+       (k, up to 32) read in place, rows ldx and ldy apart; or, tr, its
+       transpose into c's columns r (c[j * ldc + r]) */
     FASTRNN_AVX512 __attribute__((always_inline)) static inline void
     fastrnn_tn_block(const int mr, ptrdiff_t k, const float* x, ptrdiff_t ldx,
                      const float* y, ptrdiff_t ldy, float* c, ptrdiff_t ldc,
                      __mmask16 m0, __mmask16 m1, int acc, int tr) {
         __m512 s0[8], s1[8];
-        for (int r = 0; r < mr; r++) {
-            s0[r] = _mm512_setzero_ps();
-            s1[r] = _mm512_setzero_ps();
-        }
-        for (ptrdiff_t p = 0; p < k; p++) {
-            __m512 y0 = _mm512_maskz_loadu_ps(m0, y + p * ldy);
-            __m512 y1 = _mm512_maskz_loadu_ps(m1, y + p * ldy + 16);
-            for (int r = 0; r < mr; r++) {
-                __m512 v = _mm512_set1_ps(x[p * ldx + r]);
-                s0[r] = _mm512_fmadd_ps(v, y0, s0[r]);
-                s1[r] = _mm512_fmadd_ps(v, y1, s1[r]);
-            }
-        }
+        fastrnn_block_sums(mr, k, x, 1, ldx, y, ldy, 0, m0, m1, s0, s1);
         if (!tr) {
             for (int r = 0; r < mr; r++)
                 fastrnn_panel_store(s0[r], s1[r], c + r * ldc, acc, NULL, NULL, m0, m1);
@@ -769,16 +777,8 @@ cdef extern from *:
                     const float* xi = x + p0 * ldx + i;
                     const float* yj = y + p0 * ldy + j0;
                     float* ci = tr ? c + j0 * ldc + i : c + i * ldc + j0;
-                    switch (mx - i < 8 ? mx - i : 8) {
-                    case 8: fastrnn_tn_block(8, kc, xi, ldx, yj, ldy, ci, ldc, m0, m1, ac, tr); break;
-                    case 7: fastrnn_tn_block(7, kc, xi, ldx, yj, ldy, ci, ldc, m0, m1, ac, tr); break;
-                    case 6: fastrnn_tn_block(6, kc, xi, ldx, yj, ldy, ci, ldc, m0, m1, ac, tr); break;
-                    case 5: fastrnn_tn_block(5, kc, xi, ldx, yj, ldy, ci, ldc, m0, m1, ac, tr); break;
-                    case 4: fastrnn_tn_block(4, kc, xi, ldx, yj, ldy, ci, ldc, m0, m1, ac, tr); break;
-                    case 3: fastrnn_tn_block(3, kc, xi, ldx, yj, ldy, ci, ldc, m0, m1, ac, tr); break;
-                    case 2: fastrnn_tn_block(2, kc, xi, ldx, yj, ldy, ci, ldc, m0, m1, ac, tr); break;
-                    default: fastrnn_tn_block(1, kc, xi, ldx, yj, ldy, ci, ldc, m0, m1, ac, tr); break;
-                    }
+                    FASTRNN_BY_ROWS(mx - i, fastrnn_tn_block, kc, xi, ldx, yj, ldy, ci, ldc,
+                                    m0, m1, ac, tr);
                 }
             }
         }
