@@ -197,43 +197,189 @@ def blas_held_single_threaded():
     return _blas_users > 0
 
 
+#: After running a batch slice, a pool thread polls for the next one this many
+#: seconds before it blocks: a training step hands it its forward's slice and
+#: then its backward's, and a blocked thread takes 50-100 us to wake on a
+#: virtual machine whose idle cores halt (see :class:`SlicePool`).
+POOL_SPIN_SECONDS = 1e-3
+
+#: A thread waiting for a pool thread's slice polls this long before it blocks.
+WAIT_SPIN_SECONDS = 2e-3
+
+
+class _PlainFlags:
+    """:class:`~fastrnn._kernels._cython_kernels.SpinFlags` without the
+    extension: the same flags, never polled (``wait`` gives up at once, and the
+    threads block)."""
+
+    def __init__(self, n):
+        self._v = [0] * n
+
+    def get(self, i):
+        return self._v[i]
+
+    def set(self, i, value):
+        self._v[i] = value
+
+    def wait(self, i, value, seconds):
+        return self._v[i] == value
+
+
+def _spin_flags(n):
+    try:
+        from ._kernels._cython_kernels import SpinFlags
+    except ImportError:
+        return _PlainFlags(n)
+    return SpinFlags(n)
+
+
+class _Task:
+    """One batch slice handed to a :class:`SlicePool` thread (or run on the
+    calling thread when none was free); :meth:`result` waits for it."""
+
+    __slots__ = ("_pool", "_worker", "_value", "_error", "_done")
+
+    def __init__(self, pool, worker):
+        self._pool, self._worker = pool, worker
+        self._value = self._error = None
+        self._done = worker is None
+
+    def _run(self, fn, arg):
+        try:
+            self._value = fn(arg)
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+
+    def wait(self):
+        """Block until the slice has run; the pool thread is then free again."""
+        if not self._done:
+            self._pool._collect(self._worker)
+            self._done = True
+
+    def result(self):
+        """The slice's return value, or its exception raised here."""
+        self.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+class SlicePool:
+    """``n`` kept daemon threads that run a split layer's batch slices
+    (:func:`fastrnn.nn._map_parts`).
+
+    A slice is handed over through flags (:class:`SpinFlags`) that the pool
+    thread polls, without the GIL, for :data:`POOL_SPIN_SECONDS` after its last
+    slice before it blocks on a condition; the caller polls the same way for
+    :data:`WAIT_SPIN_SECONDS` while the slice runs. On this project's virtual
+    machines a blocked thread takes 50-100 us to wake (an idle virtual core
+    halts; the host takes it off the CPU after ~200 us), and a queue-based
+    executor paid that twice per split call, plus ~50 us in the caller to wake
+    the worker: S2 RNN, 0.23 ms of a 4.9 ms call.
+
+    Several callers may use the pool at once: a slice for which no thread is
+    free runs on the calling thread, as the cores are busy anyway.
+    """
+
+    def __init__(self, n):
+        self.size = n
+        # per thread: flag 2i, a slice posted (1); flag 2i + 1, it is done (1)
+        self._flags = _spin_flags(2 * n)
+        self._posted = [threading.Condition() for _ in range(n)]
+        self._finished = [threading.Condition() for _ in range(n)]
+        self._sleeping = [False] * n   # thread i blocked waiting for a slice
+        self._waiting = [False] * n    # a caller blocked waiting for i's slice
+        self._jobs = [None] * n
+        self._lock = threading.Lock()
+        self._free = list(range(n - 1, -1, -1))  # popped from the end: 0 first
+        for i in range(n):
+            threading.Thread(target=self._serve, args=(i,), daemon=True,
+                             name=f"fastrnn-{i}").start()
+
+    def start(self, fn, arg):
+        """Run ``fn(arg)`` on a free pool thread, or here and now if none is
+        free; returns a task whose :meth:`~_Task.result` gives the value."""
+        with self._lock:
+            i = self._free.pop() if self._free else None
+        task = _Task(self, i)
+        if i is None:
+            task._run(fn, arg)
+            return task
+        self._jobs[i] = (task, fn, arg)
+        with self._posted[i]:
+            self._flags.set(2 * i, 1)
+            if self._sleeping[i]:
+                self._posted[i].notify()
+        return task
+
+    def _collect(self, i):
+        """Wait for thread ``i``'s slice to finish, then free the thread."""
+        done = 2 * i + 1
+        if not self._flags.wait(done, 1, WAIT_SPIN_SECONDS):
+            with self._finished[i]:
+                while self._flags.get(done) != 1:
+                    self._waiting[i] = True
+                    self._finished[i].wait()
+                self._waiting[i] = False
+        self._flags.set(done, 0)
+        with self._lock:
+            self._free.append(i)  # last freed, first taken: it is still polling
+
+    def _serve(self, i):
+        flags, posted, finished = self._flags, self._posted[i], self._finished[i]
+        while True:
+            if not flags.wait(2 * i, 1, POOL_SPIN_SECONDS):
+                with posted:
+                    while flags.get(2 * i) != 1:
+                        self._sleeping[i] = True
+                        posted.wait()
+                    self._sleeping[i] = False
+            flags.set(2 * i, 0)
+            task, fn, arg = self._jobs[i]
+            self._jobs[i] = None
+            task._run(fn, arg)
+            del task, fn, arg  # hold no slice's data while idle
+            with finished:
+                flags.set(2 * i + 1, 1)
+                if self._waiting[i]:
+                    finished.notify()
+
+
 _pool = None
-_pool_size = 0
 _pool_lock = threading.Lock()
 
 
 def thread_pool(n):
-    """A process-wide pool of at least ``n`` threads for the layers' batch slices.
+    """A process-wide :class:`SlicePool` of at least ``n`` threads for the
+    layers' batch slices.
 
-    Starting a pool costs about 0.3 ms, as much as a whole small forward pass,
-    so one is kept. A larger one replaces it when ``n`` asks for more threads;
-    the old one is not shut down (another thread may be about to submit to it)
-    and ends once its last user lets go of it.
+    Starting threads costs about 0.3 ms, as much as a whole small forward pass,
+    so the pool is kept. A larger one replaces it when ``n`` asks for more
+    threads; the old one's threads stay (another caller may be about to use
+    them) and block once idle.
 
     (OpenBLAS's ``openblas_set_num_threads_local`` would let each worker keep
     its own BLAS on one thread, but in the pthreads builds that NumPy and SciPy
     ship it changes the process-wide count: hence :func:`single_threaded_blas`.)
     """
-    global _pool, _pool_size
-    from concurrent.futures import ThreadPoolExecutor
+    global _pool
 
     with _pool_lock:
-        if _pool is None or _pool_size < n:
-            _pool_size = max(n, os.cpu_count() or 1)
-            _pool = ThreadPoolExecutor(_pool_size, thread_name_prefix="fastrnn")
+        if _pool is None or _pool.size < n:
+            _pool = SlicePool(max(n, os.cpu_count() or 1))
         return _pool
 
 
 def _after_fork_in_child():
     """A forked child has the parent's locks, counters and pool objects, but not
     its other threads: start afresh, restoring BLAS if a split held it."""
-    global _blas_lock, _blas_users, _pool_lock, _pool, _pool_size
+    global _blas_lock, _blas_users, _pool_lock, _pool
     _blas_lock, _pool_lock = threading.Lock(), threading.Lock()
     if _blas_users:
         for lib, n in zip(_blas_controllers(), _blas_saved):
             lib.set_num_threads(n)
     _blas_users = 0
-    _pool, _pool_size = None, 0
+    _pool = None
 
 
 if hasattr(os, "register_at_fork"):

@@ -14,7 +14,6 @@ gradient are one BLAS matrix product each over all time steps.
 
 import numbers
 import warnings
-from concurrent.futures import wait
 from functools import reduce
 
 import numpy as np
@@ -111,8 +110,7 @@ def _batch_parts(B, lengths=None):
     if lengths is not None and lengths.min() != lengths.max():
         order = np.argsort(-lengths, kind="stable").astype(np.int64)
         return [np.ascontiguousarray(order[i::n]) for i in range(n)]
-    bounds = np.linspace(0, B, n + 1).astype(int)
-    return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return [slice(B * i // n, B * (i + 1) // n) for i in range(n)]
 
 
 def _map_parts(fn, items):
@@ -138,12 +136,13 @@ def _map_parts(fn, items):
         return [run(items[0])]
     with _config.single_threaded_blas():
         pool = _config.thread_pool(len(items) - 1)
-        futures = [pool.submit(run_in_pool, item) for item in items[1:]]
+        tasks = [pool.start(run_in_pool, item) for item in items[1:]]
         try:
             first = run(items[0])  # the calling thread takes a slice too
         finally:
-            wait(futures)  # no slice outlives the call, even on an error
-    return [first] + [f.result() for f in futures]
+            for task in tasks:  # no slice outlives the call, even on an error
+                task.wait()
+    return [first] + [task.result() for task in tasks]
 
 
 class _RNNBase:

@@ -261,9 +261,10 @@ def test_thread_pool_is_kept_grown_and_renewed_after_fork(monkeypatch):
     config = fastrnn._config
     pool = config.thread_pool(1)
     assert config.thread_pool(1) is pool
-    bigger = config.thread_pool(config._pool_size + 1)
-    assert bigger is not pool
-    assert pool.submit(lambda: 6).result() == 6 and bigger.submit(lambda: 7).result() == 7
+    bigger = config.thread_pool(pool.size + 1)
+    assert bigger is not pool and bigger.size == pool.size + 1
+    assert pool.start(lambda a: a + 1, 5).result() == 6
+    assert bigger.start(lambda a: a + 2, 5).result() == 7
     before = _blas_threads()
     with config.thread_limit(3):
         # the state of a child forked while a split held BLAS on one thread
@@ -277,3 +278,79 @@ def test_thread_pool_is_kept_grown_and_renewed_after_fork(monkeypatch):
         assert config._pool is None and config._blas_users == 0
         assert _blas_threads() == [3] * len(before)  # the held setting restored
     assert _blas_threads() == before
+
+
+def _flag_kinds():
+    """The spin flags of the Cython extension (where built) and the plain ones
+    used without it."""
+    kinds = [fastrnn._config._PlainFlags]
+    try:
+        from fastrnn._kernels._cython_kernels import SpinFlags
+    except ImportError:
+        pass
+    else:
+        kinds.append(SpinFlags)
+    return kinds
+
+
+@pytest.mark.parametrize("Flags", _flag_kinds(), ids=lambda c: c.__name__)
+def test_spin_flags_get_set_and_wait(Flags):
+    flags = Flags(3)
+    assert [flags.get(i) for i in range(3)] == [0, 0, 0]
+    flags.set(1, 7)
+    assert [flags.get(i) for i in range(3)] == [0, 7, 0]
+    assert flags.wait(1, 7, 0.0) and not flags.wait(0, 1, 0.001)
+    if Flags is fastrnn._config._PlainFlags:
+        return
+    # a change made by another thread is seen by a waiter polling without the GIL
+    seen = []
+    waiter = threading.Thread(target=lambda: seen.append(flags.wait(2, 5, 60.0)))
+    waiter.start()
+    flags.set(2, 5)
+    waiter.join()
+    assert seen == [True]
+    with pytest.raises(IndexError):
+        flags.get(3)
+    with pytest.raises(IndexError):
+        flags.wait(-1, 0, 0.0)
+    with pytest.raises(ValueError):
+        Flags(0)
+
+
+@pytest.mark.parametrize("spin", [True, False], ids=["polling", "blocking"])
+@pytest.mark.parametrize("Flags", _flag_kinds(), ids=lambda c: c.__name__)
+def test_slice_pool_runs_slices_and_hands_back_errors(monkeypatch, Flags, spin):
+    """A SlicePool gives each slice's value or exception back to its caller,
+    from its own threads, whether they poll or block between slices; with no
+    free thread, a slice runs on the caller's; callers in several threads at
+    once each get their own results."""
+    config = fastrnn._config
+    monkeypatch.setattr(config, "_spin_flags", Flags)
+    if not spin:
+        monkeypatch.setattr(config, "POOL_SPIN_SECONDS", 0.0)
+        monkeypatch.setattr(config, "WAIT_SPIN_SECONDS", 0.0)
+    pool = config.SlicePool(2)
+    caller = threading.get_ident()
+
+    def where(x):
+        return x * x, threading.get_ident()
+
+    value, tid = pool.start(where, 3).result()
+    assert value == 9 and tid != caller
+    task = pool.start(lambda x: 1 // x, 0)
+    with pytest.raises(ZeroDivisionError):
+        task.result()
+    assert pool.start(where, 4).result()[0] == 16  # the thread lives on
+
+    # both threads busy: a third slice runs on the calling thread
+    release = threading.Event()
+    busy = [pool.start(lambda e: e.wait(), release) for _ in range(2)]
+    value, tid = pool.start(where, 5).result()
+    assert value == 25 and tid == caller
+    release.set()
+    assert [t.result() for t in busy] == [True, True]
+
+    def calls(i):
+        return [pool.start(lambda x: x + i, k).result() for k in range(200)]
+
+    assert _run_threads(4, calls) == [[k + i for k in range(200)] for i in range(4)]
