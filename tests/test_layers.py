@@ -126,6 +126,57 @@ def test_gradients_over_the_gathered_valid_steps(monkeypatch, name, cls, opts, n
     _fd_check(layer, x, hx, None, rng)
 
 
+@pytest.mark.parametrize("num_layers,bidirectional,ragged",
+                         [(1, False, False), (1, False, True), (2, True, False),
+                          (2, True, True)])
+@pytest.mark.parametrize("gather", [False, True], ids=["padded", "gathered"])
+@pytest.mark.parametrize("name,cls,opts", [c for c in CELLS if c[1] is not GRU],
+                         ids=[c[0] for c in CELLS if c[1] is not GRU])
+def test_weight_gradients_in_one_product(monkeypatch, name, cls, opts, num_layers,
+                                         bidirectional, ragged, gather):
+    """``[dW_ih | dW_hh] = dg.T @ [x | h_prev]`` in one product (where
+    fastrnn.nn._merges_weight_grads says so; forced here for every RNN and
+    LSTM, whose two products share dg): the same gradients as the two
+    products, both directions, ragged, gathered or not, and finite
+    differences."""
+    from fastrnn import nn
+
+    rng = np.random.default_rng([num_layers, bidirectional, ragged, len(name)])
+    T, B = 6, 4
+    layer = make_layer(cls, opts, num_layers=num_layers, bidirectional=bidirectional,
+                       dtype=np.float64, backend="reference", random_state=3)
+    x = rng.standard_normal((T, B, 3))
+    lengths = np.array([6, 1, 4, 2]) if ragged else None
+    hx = _initial_state(cls, layer, B, rng)
+    monkeypatch.setattr(nn, "_GATHER_BELOW_FILL", 1.01 if gather else 0.0)
+    monkeypatch.setattr(nn, "_merges_weight_grads", lambda G, D, R: False)
+    apart = _grads_of(layer, x, hx, lengths)
+    merged = []
+    monkeypatch.setattr(nn, "_merges_weight_grads",
+                        lambda G, D, R: merged.append((G, D, R)) or True)
+    together = _grads_of(layer, x, hx, lengths)
+    assert len(merged) == num_layers * (2 if bidirectional else 1)
+    for k in apart:
+        np.testing.assert_allclose(together[k], apart[k], rtol=1e-12, atol=1e-14)
+        assert together[k].flags.c_contiguous
+    _fd_check(layer, x, hx, lengths, rng)
+
+
+def test_weight_gradients_merge_where_measured_faster():
+    """The rule of fastrnn.nn._merges_weight_grads: an LSTM's wide gate
+    gradients beyond the weight-gradient kernel's 256 columns, not an RNN's
+    (G = H) nor a small LSTM's."""
+    from fastrnn.nn import _merges_weight_grads
+
+    assert _merges_weight_grads(512, 32, 128)      # S3 LSTM
+    assert _merges_weight_grads(512, 256, 128)     # S6's second layer
+    assert _merges_weight_grads(2048, 128, 512)    # S5 LSTM
+    assert not _merges_weight_grads(128, 32, 128)  # S3 RNN
+    assert not _merges_weight_grads(512, 128, 512)  # S5 RNN
+    assert not _merges_weight_grads(128, 8, 32)    # S4 LSTM
+    assert not _merges_weight_grads(512, 512, 128)  # wider input than the gates save
+
+
 def _grads_of(layer, x, hx, lengths):
     out, h_n = layer(x, hx, lengths=lengths)
     layer.backward(np.ones_like(out), None)
