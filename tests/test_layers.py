@@ -558,6 +558,33 @@ def test_bad_input_is_rejected(bad, err, match):
         LSTM(3, 4)(bad)
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
+@pytest.mark.parametrize("where", [0, 5], ids=["first_part", "last_part"])
+@pytest.mark.parametrize("bad,found", [(np.nan, "NaN"), (-np.inf, "infinity")])
+@pytest.mark.parametrize("ragged", [False, True])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_bad_values_found_in_every_batch_slice(monkeypatch, split, where, bad, found,
+                                               ragged, batch_first):
+    """A NaN or infinity in any sample of a batch, whole or split over
+    threads, is refused with the same message, in training and eval mode,
+    batch-first or ragged too."""
+    import fastrnn._config as config
+
+    monkeypatch.setattr(config, "MIN_SAMPLES_PER_THREAD", 3 if split else 10 ** 9)
+    layer = LSTM(3, 4, batch_first=batch_first, random_state=0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 6, 3)).astype(np.float32)  # (T, B, D)
+    lengths = np.array([5, 2, 4, 1, 3, 5]) if ragged else None
+    x[1, where, 2] = bad
+    if batch_first:
+        x = np.ascontiguousarray(x.transpose(1, 0, 2))
+    with config.thread_limit(2):
+        for mode in (True, False):
+            layer.train(mode)
+            with pytest.raises(ValueError, match=f"input contains {found}"):
+                layer(x, lengths=lengths)
+
+
 def test_forward_for_checked_data_skips_only_the_value_scan(rng):
     """The networks' entry (_forward_finite): the same results as forward, the
     same shape checks; NaN passes through unscanned only in an array of the
