@@ -78,16 +78,18 @@ def _valid_rows(lengths, T):
 def _merges_weight_grads(G, D, R):
     """Whether a backward computes ``[dW_ih | dW_hh]`` as one product with
     ``[x | h_prev]`` (see :meth:`_RNNBase._inputs_and_states`) rather than
-    two: where the gate gradients (T * B, G) are wider than the rows copied
-    to build that operand (D + R), and the products go to BLAS (beyond
-    ``_MERGE_MIN_GATES`` gate columns; narrower ones run faster apart, on the
-    Cython extension's own kernel). An LSTM's G = 4H. Each product packs the
-    gate gradients anew; merged, they are read once. One slice of 32
-    sequences, T = 100, H = 128, BLAS on one thread (medians): D = 32, 5.3 ->
-    4.5 ms; D = 256, 11.0 -> 10.5 ms; an S5 slice (64 sequences, T = 200,
-    D = 128, H = 512) 275 -> 255 ms. An RNN (G = H) lost (S3 1.1-1.4 -> 1.5
-    ms), as did an LSTM with H = 32 (0.14 -> 0.23 ms)."""
-    return G > D + R and G > _MERGE_MIN_GATES
+    two: where the gate gradients (T * B, G) are at least twice as wide as
+    the rows copied to build that operand (D + R), and the products go to
+    BLAS (beyond ``_MERGE_MIN_GATES`` gate columns; narrower ones run faster
+    apart, on the Cython extension's own kernel). An LSTM's G = 4H. Each
+    product packs the gate gradients anew; merged, they are read once. One
+    slice of 32 sequences, T = 100, H = 128, BLAS on one thread (medians):
+    D = 32, 5.3 -> 4.5 ms; an S5 slice (64 sequences, T = 200, D = 128,
+    H = 512) 275 -> 255 ms. With D = 256 (S6's second layer), 11.0 -> 10.5
+    ms alone, but S6 steps measured 0.87-1.12 of the time; an RNN (G = H)
+    lost (S3 1.1-1.4 -> 1.5 ms), as did an LSTM with H = 32 (0.14 -> 0.23
+    ms)."""
+    return G >= 2 * (D + R) and G > _MERGE_MIN_GATES
 
 
 #: See :func:`_merges_weight_grads`: the Cython extension's kernel for the

@@ -163,18 +163,18 @@ def test_weight_gradients_in_one_product(monkeypatch, name, cls, opts, num_layer
 
 
 def test_weight_gradients_merge_where_measured_faster():
-    """The rule of fastrnn.nn._merges_weight_grads: an LSTM's wide gate
-    gradients beyond the weight-gradient kernel's 256 columns, not an RNN's
-    (G = H) nor a small LSTM's."""
+    """The rule of fastrnn.nn._merges_weight_grads: an LSTM's gate gradients,
+    at least twice as wide as the rows copied and beyond the weight-gradient
+    kernel's 256 columns; not an RNN's (G = H), a small LSTM's, nor one
+    whose input is wide."""
     from fastrnn.nn import _merges_weight_grads
 
-    assert _merges_weight_grads(512, 32, 128)      # S3 LSTM
-    assert _merges_weight_grads(512, 256, 128)     # S6's second layer
+    assert _merges_weight_grads(512, 32, 128)      # S3 LSTM, S6's first layer
     assert _merges_weight_grads(2048, 128, 512)    # S5 LSTM
+    assert not _merges_weight_grads(512, 256, 128)  # S6's second layer
     assert not _merges_weight_grads(128, 32, 128)  # S3 RNN
     assert not _merges_weight_grads(512, 128, 512)  # S5 RNN
     assert not _merges_weight_grads(128, 8, 32)    # S4 LSTM
-    assert not _merges_weight_grads(512, 512, 128)  # wider input than the gates save
 
 
 def _grads_of(layer, x, hx, lengths):
