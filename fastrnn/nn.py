@@ -758,7 +758,9 @@ class _RNNBase:
 
         ``h_{t-1}`` is ``out`` one step back (forward in time) or ahead
         (reverse), and ``h0`` at each sample's first step: step 0, or in
-        reverse its last valid step (``out`` is zero past a sample's end)."""
+        reverse its last valid step. Every row is written, padding included
+        (zeros; ``out`` is zero past a sample's end), since the gate
+        gradients' zeros there do not cancel a NaN left in the memory."""
         T, B, D = inp.shape
         R = out.shape[2]
         xh = np.empty((T, B, D + R), inp.dtype)
