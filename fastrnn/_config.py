@@ -237,24 +237,27 @@ class _Task:
     """One batch slice handed to a :class:`SlicePool` thread (or run on the
     calling thread when none was free); :meth:`result` waits for it."""
 
-    __slots__ = ("_pool", "_worker", "_value", "_error", "_done")
+    __slots__ = ("_pool", "_worker", "_seq", "_job", "_value", "_error", "_finished")
 
-    def __init__(self, pool, worker):
-        self._pool, self._worker = pool, worker
+    def __init__(self, pool, worker, seq, fn, arg):
+        self._pool, self._worker, self._seq = pool, worker, seq
+        self._job = (fn, arg)
         self._value = self._error = None
-        self._done = worker is None
+        self._finished = False
 
-    def _run(self, fn, arg):
+    def _run(self, catch=BaseException):
+        fn, arg = self._job
+        self._job = None  # hold no slice's data once it has run
         try:
             self._value = fn(arg)
-        except BaseException as exc:  # handed to the caller by result()
+        except catch as exc:  # handed to the caller by result()
             self._error = exc
 
     def wait(self):
-        """Block until the slice has run; the pool thread is then free again."""
-        if not self._done:
-            self._pool._collect(self._worker)
-            self._done = True
+        """Block until the slice has run. Interrupted (Ctrl-C), it may be
+        called again; a slice never waited for still frees its thread."""
+        if not self._finished:
+            self._pool._wait_for(self)
 
     def result(self):
         """The slice's return value, or its exception raised here."""
@@ -278,18 +281,24 @@ class SlicePool:
     the worker: S2 RNN, 0.23 ms of a 4.9 ms call.
 
     Several callers may use the pool at once: a slice for which no thread is
-    free runs on the calling thread, as the cores are busy anyway.
+    free runs on the calling thread, as the cores are busy anyway. A thread
+    frees itself when its slice has run, whether or not anyone waits for it
+    (a caller interrupted while waiting). The threads live as long as the
+    process.
     """
 
     def __init__(self, n):
         self.size = n
-        # per thread: flag 2i, a slice posted (1); flag 2i + 1, it is done (1)
+        # per thread: flag 2i, a slice posted (1); flag 2i + 1, the sequence
+        # number of the last slice it finished (a hint to poll on: the task's
+        # own _finished decides)
         self._flags = _spin_flags(2 * n)
         self._posted = [threading.Condition() for _ in range(n)]
         self._finished = [threading.Condition() for _ in range(n)]
         self._sleeping = [False] * n   # thread i blocked waiting for a slice
-        self._waiting = [False] * n    # a caller blocked waiting for i's slice
+        self._waiting = [0] * n        # callers blocked waiting for i's slices
         self._jobs = [None] * n
+        self._seq = 0
         self._lock = threading.Lock()
         self._free = list(range(n - 1, -1, -1))  # popped from the end: 0 first
         for i in range(n):
@@ -298,35 +307,42 @@ class SlicePool:
 
     def start(self, fn, arg):
         """Run ``fn(arg)`` on a free pool thread, or here and now if none is
-        free; returns a task whose :meth:`~_Task.result` gives the value."""
+        free; returns a task whose :meth:`~_Task.result` gives the value (an
+        exception of the slice is raised there; one that is not an
+        ``Exception``, such as KeyboardInterrupt, raised here at once when the
+        slice runs here)."""
         with self._lock:
             i = self._free.pop() if self._free else None
-        task = _Task(self, i)
+            self._seq = self._seq % 0x7FFFFFFE + 1  # 1..2^31 - 2: a C int, never 0
+            seq = self._seq
+        task = _Task(self, i, seq, fn, arg)
         if i is None:
-            task._run(fn, arg)
+            task._run(catch=Exception)
+            task._finished = True
             return task
-        self._jobs[i] = (task, fn, arg)
+        self._jobs[i] = task
         with self._posted[i]:
             self._flags.set(2 * i, 1)
             if self._sleeping[i]:
                 self._posted[i].notify()
         return task
 
-    def _collect(self, i):
-        """Wait for thread ``i``'s slice to finish, then free the thread."""
-        done = 2 * i + 1
-        if not self._flags.wait(done, 1, WAIT_SPIN_SECONDS):
-            with self._finished[i]:
-                while self._flags.get(done) != 1:
-                    self._waiting[i] = True
+    def _wait_for(self, task):
+        i, done = task._worker, 2 * task._worker + 1
+        if self._flags.wait(done, task._seq, WAIT_SPIN_SECONDS) and task._finished:
+            return
+        with self._finished[i]:
+            # a count: a caller still waking from the thread's last slice and
+            # one waiting for its next may overlap
+            self._waiting[i] += 1
+            try:
+                while not task._finished:
                     self._finished[i].wait()
-                self._waiting[i] = False
-        self._flags.set(done, 0)
-        with self._lock:
-            self._free.append(i)  # last freed, first taken: it is still polling
+            finally:
+                self._waiting[i] -= 1
 
     def _serve(self, i):
-        flags, posted, finished = self._flags, self._posted[i], self._finished[i]
+        flags, posted = self._flags, self._posted[i]
         while True:
             if not flags.wait(2 * i, 1, POOL_SPIN_SECONDS):
                 with posted:
@@ -335,14 +351,19 @@ class SlicePool:
                         posted.wait()
                     self._sleeping[i] = False
             flags.set(2 * i, 0)
-            task, fn, arg = self._jobs[i]
+            task = self._jobs[i]
             self._jobs[i] = None
-            task._run(fn, arg)
-            del task, fn, arg  # hold no slice's data while idle
-            with finished:
-                flags.set(2 * i + 1, 1)
+            task._run()
+            # free before finished: whoever sees its slice done finds the
+            # thread free again (a slice posted meanwhile waits in its flag)
+            with self._lock:
+                self._free.append(i)  # last freed, first taken: it is still polling
+            with self._finished[i]:
+                task._finished = True
+                flags.set(2 * i + 1, task._seq)
                 if self._waiting[i]:
-                    finished.notify()
+                    self._finished[i].notify_all()
+            del task  # hold no slice's result while idle
 
 
 _pool = None
@@ -356,7 +377,7 @@ def thread_pool(n):
     Starting threads costs about 0.3 ms, as much as a whole small forward pass,
     so the pool is kept. A larger one replaces it when ``n`` asks for more
     threads; the old one's threads stay (another caller may be about to use
-    them) and block once idle.
+    them), blocked once idle, for the life of the process.
 
     (OpenBLAS's ``openblas_set_num_threads_local`` would let each worker keep
     its own BLAS on one thread, but in the pthreads builds that NumPy and SciPy

@@ -162,7 +162,9 @@ def _map_parts(fn, items):
         try:
             first = run(items[0])  # the calling thread takes a slice too
         finally:
-            for task in tasks:  # no slice outlives the call, even on an error
+            # no slice outlives the call, even on an error (but for an
+            # interrupt while waiting: the pool's threads then free themselves)
+            for task in tasks:
                 task.wait()
     return [first] + [task.result() for task in tasks]
 
@@ -770,6 +772,7 @@ class _RNNBase:
             xh[1:, :, D:] = out[:-1]
         else:
             xh[:-1, :, D:] = out[1:]
+            xh[-1, :, D:] = 0  # padding where a sample is shorter than T
             xh[lengths - 1, np.arange(B), D:] = h0
         xh = xh.reshape(T * B, D + R)
         return _rows(xh, rows)

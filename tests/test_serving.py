@@ -354,3 +354,34 @@ def test_slice_pool_runs_slices_and_hands_back_errors(monkeypatch, Flags, spin):
         return [pool.start(lambda x: x + i, k).result() for k in range(200)]
 
     assert _run_threads(4, calls) == [[k + i for k in range(200)] for i in range(4)]
+
+
+def test_slice_pool_survives_an_interrupted_wait(monkeypatch):
+    """A caller interrupted (Ctrl-C) while it waits for a slice may wait again
+    and gets the value; the pool thread frees itself either way, so the pool
+    does not shrink (the caller's wait is forced onto its blocking path, whose
+    first wait raises KeyboardInterrupt)."""
+    config = fastrnn._config
+    monkeypatch.setattr(config, "WAIT_SPIN_SECONDS", 0.0)
+    pool = config.SlicePool(1)
+
+    class Interrupting(threading.Condition):
+        raised = False
+
+        def wait(self, timeout=None):
+            if not self.raised:
+                self.raised = True
+                raise KeyboardInterrupt
+            return super().wait(timeout)
+
+    pool._finished[0] = Interrupting()
+    release = threading.Event()
+    task = pool.start(lambda e: e.wait() and 7, release)
+    with pytest.raises(KeyboardInterrupt):
+        task.result()
+    assert pool._waiting == [0]
+    release.set()
+    assert task.result() == 7
+    assert pool._free == [0]  # freed before its slice was marked done
+    assert pool.start(lambda a: threading.get_ident(), None).result() != \
+        threading.get_ident()

@@ -93,7 +93,7 @@ def set_flush_denormals(unsigned int bits):
 
 cdef extern from *:
     """
-    #if defined(__unix__) || defined(__APPLE__)
+    #if (defined(__unix__) || defined(__APPLE__)) && (defined(__GNUC__) || defined(__clang__))
     #include <time.h>
     #include <sched.h>
     #define FASTRNN_CAN_SPIN 1
@@ -119,7 +119,7 @@ cdef extern from *:
             }
             clock_gettime(CLOCK_MONOTONIC, &t);
             waited = (double)(t.tv_sec - t0.tv_sec) + 1e-9 * (double)(t.tv_nsec - t0.tv_nsec);
-            if (waited >= seconds) return 0;
+            if (!(waited < seconds)) return 0;  /* NaN too */
             sched_yield();
         }
     }
@@ -152,20 +152,22 @@ cdef class SpinFlags:
     microsecond where waking a blocked thread takes 50-100 us on a virtual
     machine whose idle cores halt.
 
-    Not one of the six kernels. Each flag has a 64-byte line of its own. The
-    memory is never freed: a daemon thread may still poll it while the
-    interpreter shuts down.
+    Not one of the six kernels. Each flag has a 64-byte cache line of its
+    own. The memory is never freed: a daemon thread may still poll it while
+    the interpreter shuts down.
     """
 
     cdef int* p
     cdef readonly Py_ssize_t n
 
     def __cinit__(self, Py_ssize_t n):
+        cdef char* base
         if n < 1:
             raise ValueError(f"SpinFlags needs at least one flag, got {n}")
-        self.p = <int*>calloc(n * 16, sizeof(int))
-        if self.p == NULL:
+        base = <char*>calloc(n * 16 + 16, sizeof(int))  # 16 ints: 64 bytes
+        if base == NULL:
             raise MemoryError("cannot allocate the flags")
+        self.p = <int*>(base + (64 - <size_t>base % 64) % 64)  # at a line's start
         self.n = n
 
     cdef int* _at(self, Py_ssize_t i) except NULL:
