@@ -140,8 +140,8 @@ cdef extern from *:
     const int FASTRNN_CAN_SPIN
 
 
-#: Whether :meth:`SpinFlags.wait` polls on this platform (POSIX); elsewhere
-#: it returns False at once and the caller blocks instead.
+#: Whether :meth:`SpinFlags.wait` polls on this platform (POSIX, built with
+#: gcc or clang); elsewhere it returns False at once and the caller blocks.
 CAN_SPIN = bool(FASTRNN_CAN_SPIN)
 
 
