@@ -9,22 +9,31 @@ its memory (glibc's ``MALLOC_MMAP_THRESHOLD_`` raised, for the experiment).
 
 Inside :func:`reuse_array_memory` (every layer call runs inside it, in each of
 its threads), NumPy allocates array data through an allocator of the Cython
-extension that keeps freed blocks of 256 KiB to 4 MiB, up to
+extension that keeps freed blocks of 256 KiB or more, up to
 ``fastrnn._config.REUSED_MEMORY_BYTES`` in all (the oldest go first), and hands
-one out again for a request of up to a quarter less. Arrays allocated there
-keep that allocator for life: an output the caller holds returns its block
-when it is freed, whenever that is (unless the bound has been set to 0
-since). Zero-filled arrays always take fresh memory (clearing a kept block
-cost more: an S5 RNN step 10% slower). Fresh blocks of 4 MiB or more ask for
-transparent huge pages, as NumPy's allocator does. NumPy tracks handler
-allocations for tracemalloc itself, so arrays from here stay visible to it.
+one out again for a request of up to a quarter less, zero-filled ones
+(``np.zeros``) included, cleared. Arrays allocated there keep that allocator
+for life: an output the caller holds returns its block when it is freed,
+whenever that is (unless the bound has been set to 0 since). Fresh blocks of
+4 MiB or more ask for transparent huge pages, as NumPy's allocator does. NumPy
+tracks handler allocations for tracemalloc itself, so arrays from here stay
+visible to it.
 
 Measured (2 threads, interleaved A/B, medians of 11, against reuse off):
 S3 RNN 7.0 -> 5.5 ms, S3 GRU 21.5 -> 20.7 ms, S4 GRU 1.20 -> 0.92 ms, S7 RNN
-7.6 -> 5.3 ms; S5 and S6 unchanged (within 1%). Keeping blocks of 4 MiB and
-more as well sped S5 up by 8 to 11% but slowed S6 by 12 to 17% (not
-understood; huge pages were not it), hence the 4 MiB bound. Peak RSS: S3
-LSTM step 121 -> 129 MiB, S5 LSTM 951 -> 999 MiB.
+7.6 -> 5.3 ms. Peak RSS: S3 LSTM step 121 -> 129 MiB.
+
+Blocks of 4 MiB and more were left to glibc at first, and zero-filled arrays
+always took fresh memory. glibc then served them from its heap or from mmap
+depending on what had been freed before (its mmap threshold follows the
+largest block freed), so some steps faulted in megabytes of fresh pages, at
+~13 us per 4 KiB page on this virtual machine: an S6 step spent 18 ms of 96
+in the kernel, an S5 LSTM step 90 ms of 710. Keeping every size, clearing kept
+blocks for ``np.zeros``, and a bound of 1 GiB (an S5 LSTM step reuses 450 MiB)
+took that to 0-4 ms. In alternating processes, against the 4 MiB bound: S3 GRU
+0.88-0.91 of the time, S5 RNN 0.89-0.93, S5 GRU 0.90-0.96, S6 0.94-0.99, the
+other scenarios within 1.0 +- 0.03; peak RSS unchanged (S5 LSTM 890 -> 901
+MiB, S6 302 -> 247 MiB).
 
 Without the Cython extension these are no-ops.
 """

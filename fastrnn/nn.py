@@ -677,7 +677,7 @@ class _RNNBase:
             inp = layer["inp"]
             D = inp.shape[2]
             need_dx = input_grad or k > 0
-            dx = np.zeros((T * B, D), dt) if need_dx else None
+            dx = None  # the first direction's product writes it, the second adds
             for d in range(nd):
                 idx = k * nd + d
                 w_ih, w_hh, _, _, _, _, sfx = self._weights(k, d)
@@ -740,7 +740,7 @@ class _RNNBase:
                     grads[f"bias_hh_{sfx}"] = (g_b.copy() if dgh is dgx else
                                                column_sums(dgh_rows))
                 if need_dx:
-                    matmul(dgx2, w_ih, out=dx, accumulate=True)
+                    dx = matmul(dgx2, w_ih, out=dx, accumulate=dx is not None)
             if need_dx:
                 dx = dx.reshape(T, B, D)
                 if layer["mask"] is not None:

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(
     _memory._HANDLER is None,
     reason="SKIPPED: the Cython extension is not built, so fastrnn._memory is a no-op")
 
-MIN, MAX = (1 << 18), (1 << 22)
+MIN = 1 << 18
 
 
 def _handler_name(a):
@@ -35,9 +35,9 @@ def _fresh_pool():
 
 
 def test_range_matches_the_extension():
-    from fastrnn._kernels._cython_kernels import REUSE_BLOCK_BYTES
+    from fastrnn._kernels._cython_kernels import REUSE_MIN_BYTES
 
-    assert REUSE_BLOCK_BYTES == (MIN, MAX)
+    assert REUSE_MIN_BYTES == MIN
 
 
 def test_freed_block_is_reused_for_the_same_size():
@@ -52,18 +52,53 @@ def test_freed_block_is_reused_for_the_same_size():
         assert _memory.reused_bytes() == 0
 
 
-def test_small_large_and_too_different_sizes_are_not_kept():
+def test_small_and_too_different_sizes_are_not_kept():
     with _memory.reuse_array_memory():
-        for n in (MIN - 1, MAX + 1):
-            a = np.empty(n, np.uint8)
-            del a
-            assert _memory.reused_bytes() == 0, n
+        a = np.empty(MIN - 1, np.uint8)
+        del a
+        assert _memory.reused_bytes() == 0
         a = np.empty(4 * MIN, np.uint8)
         address = a.ctypes.data
         del a
         b = np.empty(3 * MIN - 1, np.uint8)  # more than a quarter less: fresh
         assert b.ctypes.data != address
         assert _memory.reused_bytes() == 4 * MIN
+
+
+def test_large_blocks_are_kept_up_to_the_bound(monkeypatch):
+    """Blocks of any size from MIN up are kept (an S5 LSTM step's gates take
+    105 MB a slice), but none larger than the whole bound."""
+    big = 96 * MIN  # 24 MiB
+    monkeypatch.setattr(_config, "REUSED_MEMORY_BYTES", 2 * big)
+    with _memory.reuse_array_memory():
+        a = np.empty(big, np.uint8)
+        address = a.ctypes.data
+        del a
+        assert _memory.reused_bytes() == big
+        b = np.empty(big - MIN, np.uint8)  # less than a quarter less: reused
+        assert b.ctypes.data == address
+        assert _memory.reused_bytes() == 0
+        c = np.empty(2 * big + 1, np.uint8)
+        del c
+        assert _memory.reused_bytes() == 0  # over the bound: freed
+
+
+@pytest.mark.parametrize("n", [2 * MIN, 40 * MIN])
+def test_zeros_from_a_kept_block_are_cleared(n):
+    """``np.zeros`` takes a kept block when one fits (fresh zero pages cost a
+    page fault each) and clears it; a block's larger tail (the quarter it may
+    exceed the request by) is never read as the array."""
+    with _memory.reuse_array_memory():
+        a = np.empty(n // 4, np.float32)
+        a.fill(np.nan)
+        address = a.ctypes.data
+        del a
+        z = np.zeros(n // 4 - 1000, np.float32)
+        assert z.ctypes.data == address
+        assert not z.any()
+        assert _memory.reused_bytes() == 0
+        z2 = np.zeros((n // 16, 2), np.float64)  # calloc's two-argument size
+        assert not z2.any()
 
 
 def test_zeros_are_zero_and_empty_keeps_nothing_stale_shared():
