@@ -240,3 +240,46 @@ def test_arrays_stay_visible_to_tracemalloc():
     assert MIN <= held < MIN + 4096
     assert kept < 4096
     assert _memory.reused_bytes() == MIN
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernel_work_buffers_come_from_the_kept_blocks(dtype):
+    """The Cython kernels' own work buffers (packed weights, per-step rows)
+    are taken from, and given back to, the same kept blocks as the arrays
+    (fresh memory costs a page fault per 4 KiB), 64-byte aligned as the
+    packed panels need; NumPy's data from the allocator is aligned alike."""
+    from fastrnn._kernels import _cython_kernels as K
+
+    rng = np.random.default_rng(0)
+    T, B, D, H = 3, 512, 8, 128  # a (B, H) row buffer: 256 KiB in float32
+    x = rng.standard_normal((T, B, D)).astype(dtype)
+    w_ih = rng.standard_normal((4 * H, D)).astype(dtype)
+    w_hh = rng.standard_normal((4 * H, H)).astype(dtype)
+    bias = np.zeros(4 * H, dtype)
+    lengths = np.full(B, T, np.int64)
+    h, c = np.zeros((B, H), dtype), np.zeros((B, H), dtype)
+    out = np.empty((T, B, H), dtype)
+    gates, cs = np.empty((T, B, 4 * H), dtype), np.empty((T, B, H), dtype)
+    args = (x, w_ih, bias, w_hh, np.zeros((0, 0), dtype), np.zeros((0, H), dtype),
+            lengths, False, True, h, c, out, gates, cs, np.zeros((0, 0, 0), dtype))
+
+    def run():
+        h[:] = 0  # the kernel carries the state in place
+        c[:] = 0
+        K.lstm_forward(*args)
+
+    with _memory.reuse_array_memory():
+        assert _memory.reused_bytes() == 0
+        run()  # allocates no NumPy array: kernel buffers only
+        kept = _memory.reused_bytes()
+        assert kept >= MIN
+        again = np.empty(kept // np.dtype(dtype).itemsize, dtype)
+        assert again.ctypes.data % 64 == 0
+        del again
+        run()  # takes its buffers back, and returns them
+        assert _memory.reused_bytes() == kept
+        expected = out.copy()
+    _memory.release_memory()
+    run()  # nothing kept: the buffers are freed, same result
+    assert _memory.reused_bytes() == 0
+    np.testing.assert_array_equal(out, expected)

@@ -34,7 +34,7 @@ cimport numpy as cnp
 from cython cimport floating
 from libc.math cimport tanh, tanhf
 from libc.stdint cimport int64_t
-from libc.stdlib cimport calloc, free, malloc
+from libc.stdlib cimport calloc
 from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
 
@@ -213,7 +213,10 @@ cdef extern from *:
        size; blocks of FASTRNN_REUSE_MIN bytes or more go back to a small
        first-in, first-out cache of at most fastrnn_limit bytes instead of
        free(), for a later malloc or calloc of at most 5/4 their size (see
-       fastrnn/_memory.py for the measurements behind the bounds).
+       fastrnn/_memory.py for the measurements behind the bounds). The
+       kernels' own work buffers (fastrnn_work_alloc) come from the same
+       cache. A block starts on a 64-byte line (the packed panels need it),
+       and its header holds its size and the pointer malloc returned.
        tracemalloc: NumPy tracks and untracks array data around every call of
        a handler, so arrays from here stay visible, and kept blocks do not. */
     #define FASTRNN_HDR 64
@@ -223,6 +226,23 @@ cdef extern from *:
     #define FASTRNN_HUGEPAGE_MIN ((size_t)1 << 22)
 
     typedef struct { void* base; size_t size; } fastrnn_block;
+
+    static void* fastrnn_new_block(size_t size, int zero) {
+        /* a fresh block of `size` bytes after the header, or NULL */
+        void* raw;
+        char* base;
+        if (size > (size_t)-1 - FASTRNN_HDR - 63) return NULL;
+        raw = zero ? calloc(size + FASTRNN_HDR + 63, 1) : malloc(size + FASTRNN_HDR + 63);
+        if (raw == NULL) return NULL;
+        base = (char*)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
+        ((size_t*)base)[0] = size;
+        ((void**)base)[1] = raw;
+        return base;
+    }
+
+    static void fastrnn_free_block(void* base) {
+        if (base != NULL) free(((void**)base)[1]);
+    }
     static fastrnn_block fastrnn_cache[FASTRNN_SLOTS];
     static int fastrnn_n = 0;
     static size_t fastrnn_bytes = 0;
@@ -261,7 +281,7 @@ cdef extern from *:
             PyThread_acquire_lock(fastrnn_lock, WAIT_LOCK);
             if (size > fastrnn_limit) {  /* read under the lock: set_limit may race */
                 PyThread_release_lock(fastrnn_lock);
-                free(base);
+                fastrnn_free_block(base);
                 return;
             }
             /* make room: the oldest blocks (entry 0) go first */
@@ -275,8 +295,8 @@ cdef extern from *:
             base = NULL;
             PyThread_release_lock(fastrnn_lock);
         }
-        for (k = 0; k < n_evicted; k++) free(evicted[k]);
-        free(base);
+        for (k = 0; k < n_evicted; k++) fastrnn_free_block(evicted[k]);
+        fastrnn_free_block(base);
     }
 
     /* Whether fresh blocks of 4 MiB or more ask for transparent huge pages, as
@@ -302,9 +322,8 @@ cdef extern from *:
         if (size > (size_t)-1 - FASTRNN_HDR) return NULL;
         if (size >= FASTRNN_REUSE_MIN) base = fastrnn_take(size);
         if (base == NULL) {
-            base = malloc(size + FASTRNN_HDR);
+            base = fastrnn_new_block(size, 0);
             if (base == NULL) return NULL;
-            *(size_t*)base = size;
             fastrnn_advise(base, size + FASTRNN_HDR);
         }
         return (char*)base + FASTRNN_HDR;
@@ -324,9 +343,8 @@ cdef extern from *:
             memset((char*)base + FASTRNN_HDR, 0, size);
             return (char*)base + FASTRNN_HDR;
         }
-        base = calloc(size + FASTRNN_HDR, 1);
+        base = fastrnn_new_block(size, 1);
         if (base == NULL) return NULL;
-        *(size_t*)base = size;
         fastrnn_advise(base, size + FASTRNN_HDR);
         return (char*)base + FASTRNN_HDR;
     }
@@ -379,9 +397,15 @@ cdef extern from *:
             evicted[n_evicted++] = fastrnn_remove(0);
         kept = fastrnn_bytes;
         PyThread_release_lock(fastrnn_lock);
-        for (k = 0; k < n_evicted; k++) free(evicted[k]);
+        for (k = 0; k < n_evicted; k++) fastrnn_free_block(evicted[k]);
         return kept;
     }
+
+    /* The kernels' work buffers: 64-byte aligned, from the kept blocks when
+       one fits (fresh memory faults, as NumPy's arrays did), back to them on
+       fastrnn_work_free (NULL is a no-op). */
+    static void* fastrnn_work_alloc(size_t size) { return fastrnn_malloc(NULL, size); }
+    static void fastrnn_work_free(void* p) { fastrnn_free(NULL, p, 0); }
 
     static size_t fastrnn_cached_bytes(void) { return fastrnn_bytes; }
     static void fastrnn_set_hugepages(int on) { fastrnn_hugepages = on; }
@@ -394,6 +418,8 @@ cdef extern from *:
     size_t fastrnn_set_limit(size_t limit)
     size_t fastrnn_cached_bytes()
     void fastrnn_set_hugepages(int on)
+    void* fastrnn_work_alloc(size_t size) nogil
+    void fastrnn_work_free(void* p) nogil
     size_t FASTRNN_REUSE_MIN
 
 
@@ -922,16 +948,16 @@ cdef extern from *:
     /* 64-byte aligned panels of B (k, n): B = w.T for w (n, k) when
        transposed, else B = w (k, n); both C-contiguous. NULL if out of memory
        (or, transposed, k too large for the gather's 32-bit offsets): the
-       kernels then keep BLAS. free() releases them.
+       kernels then keep BLAS. fastrnn_work_free() releases them.
        A transposed panel row gathers one column of 32 rows of w (the plain
        scalar loop took 44 us for 512 x 128, 16% of an S1 LSTM call). */
     static float* fastrnn_pack_panels(const float* w, ptrdiff_t k, ptrdiff_t n,
                                       int transposed) {
         void* mem = NULL;
         size_t size = fastrnn_panels_size(k, n) * sizeof(float);
-        if ((transposed && k > 0x7FFFFFF)
-                || posix_memalign(&mem, 64, size > 0 ? size : 64) != 0)
-            return NULL;
+        if (transposed && k > 0x7FFFFFF) return NULL;
+        mem = fastrnn_work_alloc(size > 0 ? size : 64);
+        if (mem == NULL) return NULL;
         fastrnn_pack_avx512(w, k, n, transposed, (float*)mem);
         return (float*)mem;
     }
@@ -1020,7 +1046,7 @@ def panel_matmul(const float[:, ::1] a, const float[:, ::1] w, bint transposed,
     with nogil:
         fastrnn_sgemm_panels(m, n, k, &a[0, 0], k, bp, &out[0, 0], n, acc, add_p, n,
                              scale_p)
-    free(bp)
+    _release(bp)
     return np.asarray(out)
 
 
@@ -1124,7 +1150,7 @@ cdef int _forward_weights(_StepWeights* sw, const floating* w, Py_ssize_t G,
                           Py_ssize_t T) except -1:
     """Prepare ``w`` (G, R) for the forward's products ``h @ w.T`` of a call of
     ``T`` steps: panels of ``w.T`` (float32, when on), else maybe a transposed
-    copy (:func:`_transposed_weights`). ``free(sw.data)`` releases it. As with
+    copy (:func:`_transposed_weights`). ``_release(sw.data)`` releases it. As with
     the copy, the choice depends on the call's length, so in float32 a
     sequence run in blocks of steps can differ in the last bit from one call
     over it."""
@@ -1270,7 +1296,7 @@ cdef object _forward_input(_StepInput* si, _StepWeights* sw, const floating* x,
                 if fused < G:
                     si.h_panels = fastrnn_pack_panels(w_hh + fused * R, R, G - fused, 1)
                     si.x_panels = fastrnn_pack_panels(w_ih + fused * D, D, G - fused, 1)
-            free(w_cat)
+            _release(w_cat)
             if sw.data == NULL or (fused < G and (si.h_panels == NULL
                                                   or si.x_panels == NULL)):
                 raise MemoryError("cannot allocate the packed weights")
@@ -1300,10 +1326,10 @@ cdef object _forward_input(_StepInput* si, _StepWeights* sw, const floating* x,
 
 
 cdef void _free_input(_StepInput* si, _StepWeights* sw) noexcept:
-    free(sw.data)
-    free(si.hx)
-    free(si.h_panels)
-    free(si.x_panels)
+    _release(sw.data)
+    _release(si.hx)
+    _release(si.h_panels)
+    _release(si.x_panels)
     sw.data = si.hx = si.h_panels = si.x_panels = si.gx = NULL
     sw.panels = False
 
@@ -1441,7 +1467,7 @@ def column_sums(const floating[:, ::1] a, floating[::1] out):
         else:
             dgemv(nt, &m_, &n_, &alpha, <double*>&a[0, 0], &m_, ones, &one, &beta,
                   &out[0], &one)
-    free(ones)
+    _release(ones)
 
 
 cdef int _copy_rows(str name, const floating[:, :, :] src, const int64_t[::1] index,
@@ -1521,11 +1547,18 @@ cdef inline void _copy(floating* dst, const floating* src, Py_ssize_t n) noexcep
 
 
 cdef void* _alloc(Py_ssize_t n, size_t itemsize) except NULL:
-    """``malloc`` of ``n`` items (at least one byte); MemoryError on failure."""
-    cdef void* p = malloc(<size_t>(n if n > 0 else 1) * itemsize)
+    """A work buffer of ``n`` items (at least one byte), 64-byte aligned, from
+    the kept array memory when a block fits; MemoryError on failure.
+    :func:`_release` gives it back."""
+    cdef void* p = fastrnn_work_alloc(<size_t>(n if n > 0 else 1) * itemsize)
     if p == NULL:
         raise MemoryError(f"cannot allocate a work buffer of {n} items")
     return p
+
+
+cdef inline void _release(void* p) noexcept nogil:
+    """Give back a buffer of :func:`_alloc` or ``fastrnn_pack_panels`` (NULL: nothing)."""
+    fastrnn_work_free(p)
 
 
 cdef int _expect(str name, Py_ssize_t* shape, int ndim,
@@ -1578,8 +1611,9 @@ cdef bint _has_out_grad(Py_ssize_t* shape, Py_ssize_t T, Py_ssize_t B,
 
 
 cdef floating* _zeros(floating* like, Py_ssize_t n) except NULL:
-    """``n`` zeros of the type of ``like`` (which may be NULL), to ``free``: the
-    rows a backward reads in place of an output gradient it was not given."""
+    """``n`` zeros of the type of ``like`` (which may be NULL), for
+    :func:`_release`: the rows a backward reads in place of an output gradient
+    it was not given."""
     cdef floating* p = <floating*>_alloc(n, sizeof(floating))
     _zero(p, n)
     return p
@@ -1664,7 +1698,7 @@ def rnn_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
                 _copy(out_p + t * ts, h_p, nb * H)
                 _zero(out_p + t * ts + nb * H, (B - nb) * H)
     finally:
-        free(buf)
+        _release(buf)
         _free_input(&si, &sw)
 
 
@@ -1717,8 +1751,8 @@ def rnn_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
                     # dh[:nb] = da @ W_hh (dh[:nb] was consumed above)
                     _back_product(dh_p, dat, w_p, &sw, nb, H, H, False)
     finally:
-        free(sw.data)
-        free(no_dout)
+        _release(sw.data)
+        _release(no_dout)
 
 
 
@@ -1862,10 +1896,10 @@ def lstm_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
                     _copy(&cs[t, 0, 0], c_p, nb * H)
                     _zero(&cs[t, 0, 0] + nb * H, (B - nb) * H)
     finally:
-        free(buf)
-        free(tcb)
-        free(hcell)
-        free(scale)
+        _release(buf)
+        _release(tcb)
+        _release(hcell)
+        _release(scale)
         _free_input(&si, &sw)
 
 
@@ -2023,11 +2057,11 @@ def lstm_backward(const floating[:, ::1] w_hh, const floating[:, ::1] w_hr,
                 for j in range(H):
                     dpeep[k, j] = <floating>dpacc[k * H + j]
     finally:
-        free(ghbuf)
-        free(tcb)
-        free(dpacc)
-        free(no_dout)
-        free(sw.data)
+        _release(ghbuf)
+        _release(tcb)
+        _release(dpacc)
+        _release(no_dout)
+        _release(sw.data)
 
 
 # --------------------------------------------------------------------- GRU
@@ -2157,10 +2191,10 @@ def gru_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
                     _copy(&ghn[t, 0, 0], hnb, nb * H)
                     _zero(&ghn[t, 0, 0] + nb * H, (B - nb) * H)
     finally:
-        free(buf)
-        free(hnb)
-        free(nbuf)
-        free(scale)
+        _release(buf)
+        _release(hnb)
+        _release(nbuf)
+        _release(scale)
         _free_input(&si, &sw)
 
 
@@ -2242,6 +2276,6 @@ def gru_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
                     # dh[:nb] = g * z + dgh[t, :nb] @ W_hh
                     _back_product(dh_p, &dgh[t, 0, 0], w_p, &sw, nb, H, G, True)
     finally:
-        free(sw.data)
-        free(no_dout)
+        _release(sw.data)
+        _release(no_dout)
 
