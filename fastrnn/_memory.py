@@ -30,11 +30,14 @@ largest block freed), so some steps faulted in megabytes of fresh pages, at
 ~13 us per 4 KiB page on this virtual machine: an S6 step spent 18 ms of 96
 in the kernel, an S5 LSTM step 90 ms of 710. Keeping every size, clearing kept
 blocks for ``np.zeros``, and a bound of 1 GiB (an S5 LSTM step reuses 450 MiB)
-took that to 0-4 ms. Old and new trees in alternating processes (three
-rounds): S3 GRU 0.86-0.96 of the time, S5 RNN 0.91-0.94, S5 GRU 0.89-0.96,
-S5 LSTM 0.94-0.99, S6 0.89-1.01 (its steps had taken 87 or 101 ms by turns),
-the other scenarios mostly within 1.0 +- 0.04. Peak RSS did not grow (S5 LSTM
-890 -> 901 MiB, S6 302 -> 247 MiB).
+took that to 0-4 ms. The kernels' own work buffers (packed weights, row
+buffers) then faulted instead, glibc's mmap threshold no longer raised by big
+frees: they come from the kept blocks too. S6 steps now fault 0-80 times
+(900-6,700 with the reuse off). Old and new trees in alternating processes
+(three rounds): S6 0.88-0.94 of the time, S3 GRU 0.84-0.90, S5 RNN 0.93-0.95,
+S4 LSTM 0.93-0.98, S3 LSTM 0.94-1.00, S2 LSTM 0.97-0.99, S1 LSTM 0.99-1.05.
+Peak RSS after 8 steps did not grow (S5 LSTM 883 -> 853 MiB, S6 296 -> 239,
+S3 94 -> 91).
 
 Without the Cython extension these are no-ops.
 """
