@@ -14,7 +14,9 @@ extension that keeps freed blocks of 256 KiB or more, up to
 one out again for a request of up to a quarter less, zero-filled ones
 (``np.zeros``) included, cleared. Arrays allocated there keep that allocator
 for life: an output the caller holds returns its block when it is freed,
-whenever that is (unless the bound has been set to 0 since). Fresh blocks of
+whenever that is (unless the bound has been set to 0 since). The estimators'
+``fit`` calls :func:`release_memory` when it ends (``partial_fit`` does not:
+its next call reuses the blocks). Fresh blocks of
 4 MiB or more ask for transparent huge pages, as NumPy's allocator does. NumPy
 tracks handler allocations for tracemalloc itself, so arrays from here stay
 visible to it.

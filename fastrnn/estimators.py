@@ -32,6 +32,7 @@ from . import _kernels
 from ._config import layer_threads, single_threaded_blas
 from ._data import per_step_targets, valid_mask, validate_sequences
 from ._inference import ClassifierInference, Inference, RegressorInference
+from ._memory import release_memory
 from ._network import CELLS, MERGES, POOLINGS, hidden_sizes, network_from_params
 from ._training import AdamOptimizer, NonFiniteError, SGDOptimizer, clip_grad_norm
 from ._validation import as_float_array
@@ -465,9 +466,16 @@ class _BaseRNN(Inference, BaseEstimator):
 
     def _fit(self, X, y, sample_weight=None, *, incremental=False, classes=None):
         self._check_params()
-        with single_threaded_blas(), layer_threads(self._n_threads(fit=True)):
-            # why one BLAS thread: see fastrnn._config.single_threaded_blas
-            return self._fit_loop(X, y, sample_weight, incremental, classes)
+        try:
+            with single_threaded_blas(), layer_threads(self._n_threads(fit=True)):
+                # why one BLAS thread: see fastrnn._config.single_threaded_blas
+                return self._fit_loop(X, y, sample_weight, incremental, classes)
+        finally:
+            if not incremental:
+                # the array memory kept between the steps (fastrnn._memory: up
+                # to 1 GiB) goes back when a fit ends; partial_fit keeps it for
+                # the next call
+                release_memory()
 
     def _fit_loop(self, X, y, sample_weight, incremental, classes):
         first = not hasattr(self, "_network") or (not self.warm_start and not incremental)

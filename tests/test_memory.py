@@ -283,3 +283,22 @@ def test_kernel_work_buffers_come_from_the_kept_blocks(dtype):
     run()  # nothing kept: the buffers are freed, same result
     assert _memory.reused_bytes() == 0
     np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_fit_gives_the_kept_memory_back_and_partial_fit_keeps_it():
+    """Between a fit's steps the blocks are reused; when the fit ends they go
+    back (up to 1 GiB would otherwise stay with an idle estimator), while
+    partial_fit, called again and again, keeps them for its next call."""
+    from fastrnn import RNNClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 40, 4)).astype(np.float32)
+    y = (X[:, :, 0].sum(axis=1) > 0).astype(int)
+    # a step's gates: 40 * 64 * 4 * 64 floats = 2.6 MB, kept between steps
+    clf = RNNClassifier(cell="lstm", hidden_layer_sizes=(64,), batch_size=64,
+                        max_iter=2, random_state=0)
+    clf.partial_fit(X, y, classes=[0, 1])
+    assert _memory.reused_bytes() >= MIN
+    clf.fit(X, y)
+    assert _memory.reused_bytes() == 0
