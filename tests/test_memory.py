@@ -83,6 +83,29 @@ def test_large_blocks_are_kept_up_to_the_bound(monkeypatch):
         assert _memory.reused_bytes() == 0  # over the bound: freed
 
 
+def test_kept_memory_never_exceeds_the_most_in_use_at_once():
+    """Arrays of ever new sizes, one at a time (a service's batches of new
+    shapes): keeping every freed block would hold them all (404 MiB after 600
+    random LSTM calls, against 46 MiB with blocks up to 4 MiB); the cache keeps
+    no more than the most that was in use at once, here the largest."""
+    sizes = [int(MIN * 1.3 ** k) for k in range(1, 16)]  # each > 5/4 the last
+    with _memory.reuse_array_memory():
+        for n in sizes:
+            a = np.empty(n, np.uint8)
+            assert _memory.blocks_in_use()[0] == n
+            del a
+        assert _memory.blocks_in_use() == (0, sizes[-1])
+        assert _memory.reused_bytes() == sizes[-1]
+        arrays = [np.empty(MIN, np.uint8) for _ in range(3)]  # too small for it
+        assert _memory.blocks_in_use() == (3 * MIN, sizes[-1])
+    _memory.release_memory()
+    assert _memory.reused_bytes() == 0
+    assert _memory.blocks_in_use() == (3 * MIN, 3 * MIN)  # counted anew
+    del arrays
+    assert _memory.blocks_in_use() == (0, 3 * MIN)
+    assert _memory.reused_bytes() == 0  # the bound is off since the release
+
+
 @pytest.mark.parametrize("n", [2 * MIN, 40 * MIN])
 def test_zeros_from_a_kept_block_are_cleared(n):
     """``np.zeros`` takes a kept block when one fits (fresh zero pages cost a

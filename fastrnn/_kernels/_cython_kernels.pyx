@@ -217,6 +217,10 @@ cdef extern from *:
        kernels' own work buffers (fastrnn_work_alloc) come from the same
        cache. A block starts on a 64-byte line (the packed panels need it),
        and its header holds its size and the pointer malloc returned.
+       The cache never holds more than the most bytes of blocks (of
+       FASTRNN_REUSE_MIN or more) handed out at once since the last
+       set_limit(0): a training step keeps what its next step takes, and calls
+       of ever new shapes (a service) keep no more than their largest needed.
        tracemalloc: NumPy tracks and untracks array data around every call of
        a handler, so arrays from here stay visible, and kept blocks do not. */
     #define FASTRNN_HDR 64
@@ -247,6 +251,8 @@ cdef extern from *:
     static int fastrnn_n = 0;
     static size_t fastrnn_bytes = 0;
     static size_t fastrnn_limit = 0;
+    static size_t fastrnn_in_use = 0;  /* bytes of blocks >= MIN handed out now */
+    static size_t fastrnn_peak = 0;    /* the most in use at once */
     static PyThread_type_lock fastrnn_lock = NULL;
 
     static void* fastrnn_remove(int k) {  /* entry k out of the cache, under the lock */
@@ -268,9 +274,21 @@ cdef extern from *:
             if (s >= size && s - size <= size / 4
                     && (best < 0 || s < fastrnn_cache[best].size)) best = k;
         }
-        if (best >= 0) base = fastrnn_remove(best);
+        if (best >= 0) {
+            base = fastrnn_remove(best);
+            fastrnn_in_use += *(size_t*)base;
+            if (fastrnn_in_use > fastrnn_peak) fastrnn_peak = fastrnn_in_use;
+        }
         PyThread_release_lock(fastrnn_lock);
         return base;
+    }
+
+    static void fastrnn_count_fresh(size_t size) {  /* a new block handed out */
+        if (size < FASTRNN_REUSE_MIN || fastrnn_lock == NULL) return;
+        PyThread_acquire_lock(fastrnn_lock, WAIT_LOCK);
+        fastrnn_in_use += size;
+        if (fastrnn_in_use > fastrnn_peak) fastrnn_peak = fastrnn_in_use;
+        PyThread_release_lock(fastrnn_lock);
     }
 
     static void fastrnn_release(void* base) {
@@ -278,15 +296,20 @@ cdef extern from *:
         void* evicted[FASTRNN_SLOTS];
         int n_evicted = 0, k;
         if (size >= FASTRNN_REUSE_MIN && fastrnn_lock != NULL) {
+            size_t bound;
             PyThread_acquire_lock(fastrnn_lock, WAIT_LOCK);
-            if (size > fastrnn_limit) {  /* read under the lock: set_limit may race */
+            /* (a block handed out before a fork by a thread the child lacks
+               stays counted: an over-estimate, never an underflow) */
+            fastrnn_in_use -= size < fastrnn_in_use ? size : fastrnn_in_use;
+            bound = fastrnn_limit < fastrnn_peak ? fastrnn_limit : fastrnn_peak;
+            if (size > bound) {  /* read under the lock: set_limit may race */
                 PyThread_release_lock(fastrnn_lock);
                 fastrnn_free_block(base);
                 return;
             }
             /* make room: the oldest blocks (entry 0) go first */
             while (fastrnn_n > 0 && (fastrnn_n == FASTRNN_SLOTS
-                                     || fastrnn_bytes + size > fastrnn_limit))
+                                     || fastrnn_bytes + size > bound))
                 evicted[n_evicted++] = fastrnn_remove(0);
             fastrnn_cache[fastrnn_n].base = base;
             fastrnn_cache[fastrnn_n].size = size;
@@ -325,6 +348,7 @@ cdef extern from *:
             base = fastrnn_new_block(size, 0);
             if (base == NULL) return NULL;
             fastrnn_advise(base, size + FASTRNN_HDR);
+            fastrnn_count_fresh(size);
         }
         return (char*)base + FASTRNN_HDR;
     }
@@ -346,6 +370,7 @@ cdef extern from *:
         base = fastrnn_new_block(size, 1);
         if (base == NULL) return NULL;
         fastrnn_advise(base, size + FASTRNN_HDR);
+        fastrnn_count_fresh(size);
         return (char*)base + FASTRNN_HDR;
     }
 
@@ -386,13 +411,15 @@ cdef extern from *:
     }
 
     static size_t fastrnn_set_limit(size_t limit) {
-        /* drop what no longer fits (all of it for 0); returns the bytes kept */
+        /* drop what no longer fits (all of it for 0, which also starts the
+           count of the most in use at once anew); returns the bytes kept */
         void* evicted[FASTRNN_SLOTS];
         int n_evicted = 0, k;
         size_t kept;
         if (fastrnn_lock == NULL) return 0;
         PyThread_acquire_lock(fastrnn_lock, WAIT_LOCK);
         fastrnn_limit = limit;
+        if (limit == 0) fastrnn_peak = fastrnn_in_use;
         while (fastrnn_n > 0 && fastrnn_bytes > limit)
             evicted[n_evicted++] = fastrnn_remove(0);
         kept = fastrnn_bytes;
@@ -408,6 +435,8 @@ cdef extern from *:
     static void fastrnn_work_free(void* p) { fastrnn_free(NULL, p, 0); }
 
     static size_t fastrnn_cached_bytes(void) { return fastrnn_bytes; }
+    static size_t fastrnn_bytes_in_use(void) { return fastrnn_in_use; }
+    static size_t fastrnn_peak_in_use(void) { return fastrnn_peak; }
     static void fastrnn_set_hugepages(int on) { fastrnn_hugepages = on; }
     """
     ctypedef struct PyDataMem_Handler:
@@ -417,6 +446,8 @@ cdef extern from *:
     void fastrnn_reuse_after_fork()
     size_t fastrnn_set_limit(size_t limit)
     size_t fastrnn_cached_bytes()
+    size_t fastrnn_bytes_in_use()
+    size_t fastrnn_peak_in_use()
     void fastrnn_set_hugepages(int on)
     void* fastrnn_work_alloc(size_t size) nogil
     void fastrnn_work_free(void* p) nogil
@@ -463,6 +494,14 @@ def set_reuse_limit(size_t limit):
 def reused_bytes():
     """Bytes of freed blocks kept for reuse now."""
     return fastrnn_cached_bytes()
+
+
+def blocks_in_use():
+    """``(now, most)``: bytes of blocks of at least :data:`REUSE_MIN_BYTES`
+    handed out by the reusing allocator and not freed yet, now and at most at
+    once since the kept blocks were last all dropped; the cache keeps no more
+    than ``most``."""
+    return fastrnn_bytes_in_use(), fastrnn_peak_in_use()
 
 
 def _reuse_after_fork():
