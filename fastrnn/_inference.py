@@ -19,8 +19,10 @@ import warnings
 
 import numpy as np
 
+from . import _config
 from ._config import layer_threads
 from ._data import validate_sequences
+from ._memory import trim_memory
 from ._training import log_softmax
 
 #: Sequences per chunk in predict: bounds the memory of the padded activations.
@@ -72,8 +74,11 @@ class Inference:
 
     def _forward(self, seqs):
         """Head output for every sample: (n, k), or per step (T, n, k)."""
-        with layer_threads(self._n_threads(fit=False)):
-            return self._forward_chunks(seqs)
+        try:
+            with layer_threads(self._n_threads(fit=False)):
+                return self._forward_chunks(seqs)
+        finally:
+            trim_memory(_config.KEPT_AFTER_PREDICT_BYTES)  # see fastrnn._memory
 
     def _forward_chunks(self, seqs):
         net = self._network

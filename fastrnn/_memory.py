@@ -19,7 +19,11 @@ batches) no more than the largest of them needed. Arrays allocated there keep th
 for life: an output the caller holds returns its block when it is freed,
 whenever that is (unless the bound has been set to 0 since). The estimators'
 ``fit`` calls :func:`release_memory` when it ends (``partial_fit`` does not:
-its next call reuses the blocks). Fresh blocks of
+its next call reuses the blocks), and every prediction (estimators' and
+:mod:`fastrnn.serving`'s) trims the kept blocks to
+``fastrnn._config.KEPT_AFTER_PREDICT_BYTES`` (64 MiB) when it ends: a
+service's requests keep reusing theirs, and a large batch does not leave
+hundreds of MiB behind. Fresh blocks of
 4 MiB or more ask for transparent huge pages, as NumPy's allocator does. NumPy
 tracks handler allocations for tracemalloc itself, so arrays from here stay
 visible to it.
@@ -112,6 +116,19 @@ def blocks_in_use():
     more from the reusing allocator not freed yet, now and at most at once
     since :func:`release_memory`; no more than ``most`` is kept."""
     return (0, 0) if _blocks_in_use is None else tuple(int(v) for v in _blocks_in_use())
+
+
+def trim_memory(n_bytes):
+    """If more than ``n_bytes`` of blocks are kept, keep at most ``n_bytes``
+    (the oldest go first) until the next layer call restores
+    ``fastrnn._config.REUSED_MEMORY_BYTES``; 0 is :func:`release_memory`. The
+    predictors call it when a prediction ends."""
+    if _set_limit is None or (n_bytes > 0 and _reused_bytes() <= n_bytes):
+        return  # (the common case of a service's small requests: one C call)
+    if n_bytes <= 0:
+        release_memory()
+    else:
+        _set_limit(min(int(n_bytes), max(_config.REUSED_MEMORY_BYTES, 0)))
 
 
 def release_memory():

@@ -5,6 +5,7 @@ stay within the configured bound, come back zeroed where NumPy asks for zeros,
 and leave every layer result exactly as with NumPy's own allocator.
 """
 
+import os
 import threading
 
 import numpy as np
@@ -324,4 +325,70 @@ def test_fit_gives_the_kept_memory_back_and_partial_fit_keeps_it():
     clf.partial_fit(X, y, classes=[0, 1])
     assert _memory.reused_bytes() >= MIN
     clf.fit(X, y)
+    assert _memory.reused_bytes() == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="SKIPPED: no os.fork on this platform")
+@pytest.mark.parametrize("held", [False, True])
+def test_fork_keeps_a_whole_cache_and_forgets_a_torn_one(held):
+    """A child forked while another thread held the allocator's lock (a kernel
+    taking a work buffer, without the GIL, halfway through an update) may have
+    a torn copy of the cache: it forgets the kept blocks instead of handing
+    one out twice. Forked with the lock free, it keeps them. Either way the
+    child allocates and frees as usual."""
+    from fastrnn._kernels._cython_kernels import _hold_reuse_lock
+
+    with _memory.reuse_array_memory():
+        a = np.empty(2 * MIN, np.uint8)
+        del a
+        assert _memory.reused_bytes() == 2 * MIN
+        if held:
+            _hold_reuse_lock(True)
+        try:
+            pid = os.fork()
+        finally:
+            if held and pid != 0:
+                _hold_reuse_lock(False)
+        if pid == 0:  # the child: report through the exit status only
+            code = 1
+            try:
+                kept = _memory.reused_bytes()
+                b = np.empty(2 * MIN, np.uint8)
+                b.fill(3)
+                reused = kept and _memory.reused_bytes() == 0
+                del b
+                ok = (kept == (0 if held else 2 * MIN) and (reused or held)
+                      and _memory.reused_bytes() == 2 * MIN)
+                code = 0 if ok else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    assert _memory.reused_bytes() == 2 * MIN  # the parent's cache untouched
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_predict_trims_the_kept_memory(monkeypatch):
+    """A prediction leaves at most KEPT_AFTER_PREDICT_BYTES kept: a service's
+    small requests keep reusing their blocks, a large batch leaves no more
+    than the bound behind (the whole bound: 429 MiB after 4096 sequences of
+    200 steps through an LSTM(128, 128)). fastrnn.serving's predictors run
+    the same fastrnn._inference code."""
+    from fastrnn import RNNClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((32, 30, 4)).astype(np.float32)
+    y = (X[:, :, 0].sum(axis=1) > 0).astype(int)
+    clf = RNNClassifier(cell="gru", hidden_layer_sizes=(64,), max_iter=1,
+                        random_state=0).fit(X, y)
+    big = rng.standard_normal((256, 60, 4)).astype(np.float32)
+    clf.predict(big)  # blocks of 60 * 256 * 64 floats (3.9 MB) and more
+    kept = _memory.reused_bytes()
+    assert MIN <= kept <= _config.KEPT_AFTER_PREDICT_BYTES
+    expected = clf.predict_proba(big)
+    monkeypatch.setattr(_config, "KEPT_AFTER_PREDICT_BYTES", 2 * MIN)
+    np.testing.assert_array_equal(clf.predict_proba(big), expected)
+    assert _memory.reused_bytes() <= 2 * MIN
+    monkeypatch.setattr(_config, "KEPT_AFTER_PREDICT_BYTES", 0)
+    clf.predict(big)
     assert _memory.reused_bytes() == 0

@@ -402,12 +402,27 @@ cdef extern from *:
     }
 
     static void fastrnn_reuse_after_fork(void) {
-        /* the parent's lock may have been held by a thread the child lacks,
-           halfway through an update: a new lock, the byte count recounted */
+        /* In the child, which has a new lock. If the parent's was held at the
+           fork, a thread the child lacks was halfway through an update (the
+           kernels take work buffers without the GIL, so any moment): the
+           cache may list a block twice or half a removal, so it forgets its
+           blocks (leaked in the child, never handed out twice). Else the
+           cache is whole and the byte count is recounted. */
         int k;
+        int whole = fastrnn_lock == NULL || PyThread_acquire_lock(fastrnn_lock, NOWAIT_LOCK);
         fastrnn_lock = PyThread_allocate_lock();
+        if (!whole) {
+            fastrnn_n = 0;
+            fastrnn_in_use = fastrnn_peak = 0;
+        }
         fastrnn_bytes = 0;
         for (k = 0; k < fastrnn_n; k++) fastrnn_bytes += fastrnn_cache[k].size;
+    }
+
+    static void fastrnn_hold_lock(int on) {  /* tests: a fork while it is held */
+        if (fastrnn_lock == NULL) return;
+        if (on) PyThread_acquire_lock(fastrnn_lock, WAIT_LOCK);
+        else PyThread_release_lock(fastrnn_lock);
     }
 
     static size_t fastrnn_set_limit(size_t limit) {
@@ -444,6 +459,7 @@ cdef extern from *:
     PyDataMem_Handler fastrnn_handler
     int fastrnn_reuse_init() except -1
     void fastrnn_reuse_after_fork()
+    void fastrnn_hold_lock(int on)
     size_t fastrnn_set_limit(size_t limit)
     size_t fastrnn_cached_bytes()
     size_t fastrnn_bytes_in_use()
@@ -506,6 +522,12 @@ def blocks_in_use():
 
 def _reuse_after_fork():
     fastrnn_reuse_after_fork()
+
+
+def _hold_reuse_lock(bint on):
+    """Take (``on``) or give back the allocator's lock, for a test of a fork
+    that happens while another thread holds it."""
+    fastrnn_hold_lock(on)
 
 
 # --------------------------------------------------------------- tanh loops
