@@ -44,7 +44,7 @@ buffers) then faulted instead, glibc's mmap threshold no longer raised by big
 frees: they come from the kept blocks too. S6 steps now fault 0-80 times
 (900-6,700 with the reuse off). Old and new trees in alternating processes
 (three to five rounds): S6 0.88-0.94 of the time, S3 GRU 0.84-1.01, S5 RNN 0.93-0.98,
-S4 LSTM 0.93-0.98, S3 LSTM 0.94-1.00, S2 LSTM 0.97-0.99; S1 0.97-1.00.
+S4 LSTM 0.93-0.98, S3 LSTM 0.94-1.03, S2 LSTM 0.97-0.99; S1 0.97-1.00.
 Peak RSS after 8 steps did not grow (S5 LSTM 883 -> 853 MiB, S6 296 -> 239,
 S3 94 -> 91). Keeping every block without the bound of the most in use at
 once, 600 LSTM inference calls of random shapes (B 1-256, T 10-300) kept 404
