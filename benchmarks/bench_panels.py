@@ -45,12 +45,15 @@ class WeightGradients:
     through the Cython tn kernel (panels on) and through BLAS (off): S4's
     ``W_hh`` (32 x 32) and ``W_ih`` of an LSTM (128 x 8) over its 1,568 rows,
     and the ``W_hh`` of an LSTM(64) over a fit's batch slice of 5,000 rows
-    (256 x 64). On one thread as the layers' batch slices and the
-    estimators' fit run them (BLAS held on one thread by
-    ``single_threaded_blas``, which lets the kernel take the last product
-    too), and on two (where that one stays with BLAS either way)."""
+    (256 x 64); and, on the packed tn kernel, an S3 slice's merged LSTM
+    product (512 x 160 over 3,200 rows) and its GRU's ``W_ih`` (384 x 32).
+    On one thread as the layers' batch slices and the estimators' fit run
+    them (BLAS held on one thread by ``single_threaded_blas``, which lets
+    the kernels take the larger products too), and on two (where those stay
+    with BLAS either way)."""
 
-    params = (["1568x32x32"] if QUICK else ["1568x32x32", "1568x128x8", "5000x256x64"],
+    params = (["1568x32x32"] if QUICK else ["1568x32x32", "1568x128x8", "5000x256x64",
+                                             "3200x512x160", "3200x384x32"],
               ["panels", "blas"], [1, 2])
     param_names = ["k_m_n", "products", "threads"]
 

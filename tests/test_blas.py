@@ -41,12 +41,16 @@ def test_matmul_matches_numpy(monkeypatch, use_kernels_blas, dtype, trans_a, tra
     (600, 9, 100), (300, 40, 40), (1568, 32, 32),
     (513, 33, 31), (1000, 128, 8), (40, 70, 1),         # n < 32 <= m: stored transposed
     (2100, 64, 64),           # over 2^23 multiply-adds: the kernel's with one_thread only
+    # larger still: the packed kernel's with one_thread (chunks of 192 rows and a
+    # rest; blocks of 8 and panels of 32 with rests of either half, or none)
+    (700, 300, 45), (700, 300, 50), (400, 200, 129), (1100, 520, 20),
 ])
 @pytest.mark.parametrize("one_thread", [True, False], ids=["one-thread", "any"])
 def test_weight_gradient_products_within_the_float32_bound(k, m, n, panels, one_thread):
     """``a.T @ b`` in float32 (the weight gradients' form, which runs on the
     Cython tn kernel when the panels are on and the product is small, or has
-    few outputs with BLAS held on one thread; else on BLAS) against a float64
+    few outputs with BLAS held on one thread; on the packed tn kernel when
+    larger with BLAS held on one thread; else on BLAS) against a float64
     product of the same numbers, within the bound of a k-term float32 dot
     product, ``(k + 2) u (|a|.T @ |b|)``, doubled for the kernel's chunks of
     k and the added ``c``."""
@@ -79,14 +83,16 @@ def test_weight_gradient_products_within_the_float32_bound(k, m, n, panels, one_
     (1000, 128, 8, False, True),     # small, stored transposed
     (2100, 64, 64, True, True),      # over 2^23 multiply-adds, 2^12 outputs, BLAS held
     (2100, 64, 64, False, False),    # the same, BLAS free to use its threads
-    (600, 128, 129, True, False),    # over 2^14 outputs
-    (2100, 512, 32, True, False),    # 2^14 outputs, but of rows over 256 long
+    (600, 128, 129, True, True),     # over 2^14 outputs: the packed kernel's
+    (2100, 512, 32, True, True),     # 2^14 outputs, but of rows over 256 long: packed
+    (600, 128, 129, False, False),   # the same, BLAS free to use its threads
+    (1100, 520, 20, True, True),     # packed, stored transposed
 ])
 def test_weight_gradient_products_take_the_documented_path(k, m, n, one_thread, kernel):
-    """gemm's choice between the tn kernel and BLAS, seen in the last bits:
-    the two sum in different orders, so over hundreds of rows their float32
-    results differ somewhere when the kernel ran, and are identical (BLAS
-    both times) when it did not."""
+    """gemm's choice between the tn kernels (in place or packed) and BLAS,
+    seen in the last bits: they sum in different orders, so over hundreds of
+    rows their float32 results differ somewhere when a kernel ran, and are
+    identical (BLAS both times) when none did."""
     if _blas._gemm is None:
         pytest.skip("SKIPPED LOUDLY: the Cython extension is not built")
     from fastrnn._kernels import _cython_kernels as kern

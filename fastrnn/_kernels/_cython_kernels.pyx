@@ -918,9 +918,9 @@ cdef extern from *:
     FASTRNN_AVX512 __attribute__((always_inline)) static inline void
     fastrnn_tn_block(const int mr, ptrdiff_t k, const float* x, ptrdiff_t ldx,
                      const float* y, ptrdiff_t ldy, float* c, ptrdiff_t ldc,
-                     __mmask16 m0, __mmask16 m1, int acc, int tr) {
+                     __mmask16 m0, __mmask16 m1, int acc, int tr, int padded) {
         __m512 s0[8], s1[8];
-        fastrnn_block_sums(mr, k, x, 1, ldx, y, ldy, 0, m0, m1, s0, s1);
+        fastrnn_block_sums(mr, k, x, 1, ldx, y, ldy, padded, m0, m1, s0, s1);
         if (!tr) {
             for (int r = 0; r < mr; r++)
                 fastrnn_panel_store(s0[r], s1[r], c + r * ldc, acc, NULL, NULL, m0, m1);
@@ -974,10 +974,83 @@ cdef extern from *:
                     const float* yj = y + p0 * ldy + j0;
                     float* ci = tr ? c + j0 * ldc + i : c + i * ldc + j0;
                     FASTRNN_BY_ROWS(mx - i, fastrnn_tn_block, kc, xi, ldx, yj, ldy, ci, ldc,
-                                    m0, m1, ac, tr);
+                                    m0, m1, ac, tr, 0);
                 }
             }
         }
+    }
+    /* the packing of fastrnn_sgemm_tn_packed: kc rows (ld apart) of w
+       columns into blocks of `width` (8 or 32) columns, block i at
+       dst + i * kc, its rows `width` apart, zeros past w */
+    FASTRNN_AVX512 static void fastrnn_pack_blocks(const float* src, ptrdiff_t ld,
+                                                   ptrdiff_t kc, ptrdiff_t w,
+                                                   const int width, float* dst) {
+        for (ptrdiff_t p = 0; p < kc; p++) {
+            const float* row = src + p * ld;
+            for (ptrdiff_t i = 0; i < w; i += 16) {
+                __mmask16 mk = w - i >= 16 ? (__mmask16)0xFFFF
+                               : (__mmask16)((1u << (w - i)) - 1u);
+                __m512 v = _mm512_maskz_loadu_ps(mk, row + i);
+                if (width == 32) {
+                    _mm512_storeu_ps(dst + (i / 32) * 32 * kc + p * 32 + i % 32, v);
+                } else {
+                    _mm256_storeu_ps(dst + i * kc + p * 8, _mm512_castps512_ps256(v));
+                    if (w - i > 8)
+                        _mm256_storeu_ps(dst + (i + 8) * kc + p * 8, _mm256_castpd_ps(
+                            _mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+                }
+            }
+            if (width == 32 && (w % 32 != 0) && (w % 32) <= 16)  /* a panel's empty half */
+                _mm512_storeu_ps(dst + (w / 32) * 32 * kc + p * 32 + 16, _mm512_setzero_ps());
+        }
+    }
+
+    /* fastrnn_sgemm_tn for large products, the layers' weight gradients on
+       one thread (an S3 LSTM slice's is (3200, 512).T @ (3200, 160)): each
+       chunk of FASTRNN_TNP_KC rows of both operands is first copied into
+       blocks of 8 columns of x and panels of 32 of y, so that a block's sums
+       read both sequentially (in place, a block of x is 32 bytes of each of
+       its rows, a whole row of a apart), then every block runs over the
+       chunk, one panel of y staying in L1 while the blocks of x go past it.
+       The same sums as fastrnn_sgemm_tn, in chunks of 192 rows (S3 and S6
+       steps took 0.94-1.01 of their time with chunks of 256). Returns 0
+       (nothing done) when the work memory cannot be had. */
+    #define FASTRNN_TNP_KC 192
+    FASTRNN_AVX512 static int fastrnn_sgemm_tn_packed(
+            ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdiff_t lda,
+            const float* b, ptrdiff_t ldb, float* c, ptrdiff_t ldc, int acc) {
+        int tr = n < 32 && m > n;
+        const float* x = tr ? b : a;
+        const float* y = tr ? a : b;
+        ptrdiff_t ldx = tr ? ldb : lda, ldy = tr ? lda : ldb;
+        ptrdiff_t mx = tr ? n : m, ny = tr ? m : n;
+        ptrdiff_t kc0 = k < FASTRNN_TNP_KC ? k : FASTRNN_TNP_KC;
+        ptrdiff_t mx8 = (mx + 7) / 8 * 8, ny32 = (ny + 31) / 32 * 32;
+        float* px = (float*)fastrnn_work_alloc((size_t)(kc0 * mx8) * sizeof(float));
+        float* py = (float*)fastrnn_work_alloc((size_t)(kc0 * ny32) * sizeof(float));
+        if (px == NULL || py == NULL) {
+            fastrnn_work_free(px);
+            fastrnn_work_free(py);
+            return 0;
+        }
+        for (ptrdiff_t p0 = 0; p0 < k; p0 += FASTRNN_TNP_KC) {
+            ptrdiff_t kc = k - p0 < FASTRNN_TNP_KC ? k - p0 : FASTRNN_TNP_KC;
+            int ac = acc || p0 > 0;
+            fastrnn_pack_blocks(x + p0 * ldx, ldx, kc, mx, 8, px);
+            fastrnn_pack_blocks(y + p0 * ldy, ldy, kc, ny, 32, py);
+            for (ptrdiff_t j0 = 0; j0 < ny; j0 += 32) {
+                __mmask16 m0, m1;
+                fastrnn_panel_masks(ny - j0, &m0, &m1);
+                for (ptrdiff_t i = 0; i < mx; i += 8) {
+                    float* ci = tr ? c + j0 * ldc + i : c + i * ldc + j0;
+                    FASTRNN_BY_ROWS(mx - i, fastrnn_tn_block, kc, px + i * kc, 8,
+                                    py + j0 * kc, 32, ci, ldc, m0, m1, ac, tr, 1);
+                }
+            }
+        }
+        fastrnn_work_free(px);
+        fastrnn_work_free(py);
+        return 1;
     }
     FASTRNN_AVX512 static void fastrnn_pack_avx512(const float* w, ptrdiff_t k,
                                                    ptrdiff_t n, int transposed,
@@ -1034,6 +1107,10 @@ cdef extern from *:
     static void fastrnn_sgemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a,
                                  ptrdiff_t lda, const float* b, ptrdiff_t ldb,
                                  float* c, ptrdiff_t ldc, int acc) { abort(); }
+    static int fastrnn_sgemm_tn_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                                       const float* a, ptrdiff_t lda, const float* b,
+                                       ptrdiff_t ldb, float* c, ptrdiff_t ldc,
+                                       int acc) { abort(); }
     #endif
 
 
@@ -1049,6 +1126,9 @@ cdef extern from *:
     void fastrnn_sgemm_tn(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a,
                           Py_ssize_t lda, const float* b, Py_ssize_t ldb, float* c,
                           Py_ssize_t ldc, int acc) nogil
+    int fastrnn_sgemm_tn_packed(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a,
+                                Py_ssize_t lda, const float* b, Py_ssize_t ldb, float* c,
+                                Py_ssize_t ldc, int acc) nogil
 
 
 #: Whether this build and CPU can run the step products on packed panels
@@ -1464,8 +1544,21 @@ def gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
     columns at a time): S3 LSTM 1.01-1.03 of the time with it, a fit of an
     LSTM(128) on 32 features 1.02-1.15; hence the bound on m. The fit of an
     LSTM(64) on 8 features, with products like the fourth, took 0.90-0.95.
-    Larger products stay with BLAS on two threads; on one, from about
-    (3200, 512).T @ (3200, 128) (3.5 ms against 3.3).
+    Larger products stay with BLAS on two threads. On one (``one_thread``),
+    they run on ``fastrnn_sgemm_tn_packed``, which first copies each chunk
+    of rows of both operands into blocks that its sums then read in order
+    (BLAS again if its work memory cannot be had). Alone, against BLAS on
+    one thread (medians):
+
+    - (3200, 512).T @ (3200, 160), an S3 LSTM slice's: 2.9-3.1 ms against 3.4-3.5;
+    - (3200, 384).T @ (3200, 128), its GRU's ``W_hh``: 1.85-1.9 against 2.1-2.2;
+    - (3200, 128).T @ (3200, 160), its RNN's: 0.72-0.85 against 0.96-1.07;
+    - (12800, 2048).T @ (12800, 640), an S5 LSTM slice's: 213 against 210.
+
+    In alternating processes against the tree before it: S3 LSTM 0.92-0.94
+    of the time, S3 GRU 0.94-0.97, S6 0.90-0.96, S7 LSTM 0.95-0.99, S7 GRU
+    0.93-0.95, S5 RNN 0.90-0.91, S5 LSTM 0.93-0.99, S5 GRU 0.97-1.01; the
+    RNN's S3 and S7 steps 1.00-1.02.
     """
     cdef Py_ssize_t m = a.shape[1] if trans_a else a.shape[0]
     cdef Py_ssize_t k = a.shape[0] if trans_a else a.shape[1]
@@ -1480,6 +1573,7 @@ def gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
     if m == 0 or n == 0 or k == 0:
         raise ValueError(f"gemm: empty product of shape ({m}, {n}) over {k} terms")
     cdef floating beta_ = <floating>beta
+    cdef int done
     if floating is float:
         if (_panels_on and trans_a and not trans_b and (beta == 0 or beta == 1)
                 and (m * n * k <= _TN_MAX_MACS
@@ -1489,6 +1583,13 @@ def gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
                 fastrnn_sgemm_tn(m, n, k, &a[0, 0], m, &b[0, 0], n, &c[0, 0], n,
                                  beta == 1)
             return
+        if (_panels_on and trans_a and not trans_b and (beta == 0 or beta == 1)
+                and one_thread):
+            with nogil:
+                done = fastrnn_sgemm_tn_packed(m, n, k, &a[0, 0], m, &b[0, 0], n,
+                                               &c[0, 0], n, beta == 1)
+            if done:
+                return
     with nogil:
         _gemm_rm(trans_a, trans_b, m, n, k, &a[0, 0], a.shape[1], &b[0, 0],
                  b.shape[1], beta_, &c[0, 0], n)
