@@ -25,8 +25,10 @@ try:
     from ._kernels._cython_kernels import column_sums as _column_sums
     from ._kernels._cython_kernels import FLUSH_DENORMALS_BITS as _FTZ_BITS
     from ._kernels._cython_kernels import set_flush_denormals as _set_ftz
+    from ._kernels._cython_kernels import weight_product as _weight_product
 except ImportError:  # extension not built: NumPy's BLAS and indexing, subnormals kept
     _gemm = _take_rows = _put_rows = _column_sums = _set_ftz = _FTZ_BITS = None
+    _weight_product = None
 
 _INT32_MAX = 2 ** 31 - 1
 
@@ -55,6 +57,26 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, accumulate=False):
     else:
         out[...] = prod
     return out
+
+
+def weight_product(dg, rows, x, out, h0, lengths, reverse, bias):
+    """One direction's weight gradients with their operands read in place,
+    where the Cython extension's packed kernel takes the product (float32
+    on AVX-512, large products with BLAS held on one thread: see its
+    ``gemm``): ``(dg[rows].T @ [x[rows] | h_prev[rows]], dg[rows].sum(0))``,
+    the sums None unless ``bias``. Else None: the caller then gathers the
+    operands and calls :func:`matmul` and :func:`column_sums`.
+
+    ``dg`` (T * B, M), ``x`` (T * B, D) and ``out`` (T * B, R) hold every
+    step's rows (step t, sample b at row t * B + b), ``x`` or ``out`` None
+    to leave it out; ``rows`` the rows to sum over, or None for all;
+    ``h_prev`` is ``out`` one step back (or ahead, ``reverse``) and ``h0``
+    (B, R) at each sample's first step (see ``_cython_kernels.weight_product``).
+    """
+    if _weight_product is None or dg.dtype != np.float32:
+        return None
+    return _weight_product(dg, rows, x, out, h0, lengths, reverse, bias,
+                           blas_held_single_threaded())
 
 
 def column_sums(a):

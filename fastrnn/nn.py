@@ -19,7 +19,8 @@ from functools import reduce
 import numpy as np
 
 from . import _config, _kernels
-from ._blas import column_sums, flush_denormals, matmul, put_rows, take_rows
+from ._blas import (column_sums, flush_denormals, matmul, put_rows, take_rows,
+                    weight_product)
 from ._memory import reuse_array_memory
 from ._validation import as_float_array, as_random_state, check_lengths
 
@@ -717,28 +718,23 @@ class _RNNBase:
                     kernels.gru_backward(w_hh, lengths, reverse, h0, out, dcache["gates"],
                                          dcache["ghn"], dout, dh, dgx, dgh)
                 dh0[idx] = dh
-                dgx2 = dgx.reshape(T * B, G * H)
                 # The weight gradients sum over the valid steps only (`rows`)
                 # where padding is a large part of the batch.
-                dg_rows = _rows(dgx2, rows)
-                dgh_rows = dg_rows if dgh is dgx else _rows(dgh.reshape(T * B, G * H), rows)
-                if dgh is dgx and _merges_weight_grads(G * H, D, R):
-                    g_w = matmul(dg_rows, self._inputs_and_states(inp, out, h0, rows,
-                                                                  lengths, reverse),
-                                 trans_a=True)
-                    grads[f"weight_ih_{sfx}"] = np.ascontiguousarray(g_w[:, :D])
-                    grads[f"weight_hh_{sfx}"] = np.ascontiguousarray(g_w[:, D:])
-                else:
-                    grads[f"weight_ih_{sfx}"] = matmul(
-                        dg_rows, _rows(inp.reshape(T * B, D), rows), trans_a=True)
-                    grads[f"weight_hh_{sfx}"] = self._grad_w_hh(dgh, dgh_rows, rows, out,
-                                                                h0, lengths, reverse)
+                if dgh is dgx:
+                    g_ih, g_hh, g_b = self._weight_grads(dgx, rows, inp, out, h0, lengths,
+                                                         reverse, self.bias)
+                    g_bh = None if g_b is None else g_b.copy()  # both biases enter as one sum
+                else:  # the GRU's b_hn stays in the reset product: two sums
+                    g_ih, _, g_b = self._weight_grads(dgx, rows, inp, None, h0, lengths,
+                                                      reverse, self.bias)
+                    _, g_hh, g_bh = self._weight_grads(dgh, rows, None, out, h0, lengths,
+                                                       reverse, self.bias)
+                grads[f"weight_ih_{sfx}"] = g_ih
+                grads[f"weight_hh_{sfx}"] = g_hh
                 if self.bias:
-                    g_b = column_sums(dg_rows)
                     grads[f"bias_ih_{sfx}"] = g_b
-                    # both biases enter as one sum but for the GRU's b_hn
-                    grads[f"bias_hh_{sfx}"] = (g_b.copy() if dgh is dgx else
-                                               column_sums(dgh_rows))
+                    grads[f"bias_hh_{sfx}"] = g_bh
+                dgx2 = dgx.reshape(T * B, G * H)
                 if need_dx:
                     dx = matmul(dgx2, w_ih, out=dx, accumulate=dx is not None)
             if need_dx:
@@ -751,6 +747,40 @@ class _RNNBase:
             inv = np.argsort(perm)
             dy, dh0, dc0 = (_take(a, inv) for a in (dy, dh0, dc0))
         return grads, dy, dh0, dc0
+
+    @staticmethod
+    def _weight_grads(dg, rows, inp, out, h0, lengths, reverse, bias):
+        """From the gate gradients ``dg`` (T, B, GH) over the flat ``rows``
+        (see :func:`_valid_rows`): ``W_ih``'s gradient (from the input
+        ``inp``) and ``W_hh``'s (from the states: ``out`` shifted, ``h0``),
+        each None when its operand is, and the bias's (``dg``'s column sums;
+        None unless ``bias``). Read in place by one product where the Cython
+        extension's packed kernel takes it (:func:`fastrnn._blas.weight_product`),
+        else from gathered operands: both weights in one product where
+        :func:`_merges_weight_grads` says so."""
+        T, B, GH = dg.shape
+        D = 0 if inp is None else inp.shape[2]
+        got = weight_product(dg.reshape(T * B, GH), rows,
+                             None if inp is None else inp.reshape(T * B, D),
+                             None if out is None else out.reshape(T * B, out.shape[2]),
+                             h0, lengths, reverse, bias)
+        if got is not None:
+            g_w, g_b = got
+            if inp is None or out is None:
+                return (g_w, None, g_b) if out is None else (None, g_w, g_b)
+            return np.ascontiguousarray(g_w[:, :D]), np.ascontiguousarray(g_w[:, D:]), g_b
+        dg_rows = _rows(dg.reshape(T * B, GH), rows)
+        g_b = column_sums(dg_rows) if bias else None
+        if inp is not None and out is not None and _merges_weight_grads(GH, D,
+                                                                        out.shape[2]):
+            g_w = matmul(dg_rows, _RNNBase._inputs_and_states(inp, out, h0, rows, lengths,
+                                                              reverse), trans_a=True)
+            return np.ascontiguousarray(g_w[:, :D]), np.ascontiguousarray(g_w[:, D:]), g_b
+        g_ih = None if inp is None else matmul(dg_rows, _rows(inp.reshape(T * B, D), rows),
+                                               trans_a=True)
+        g_hh = None if out is None else _RNNBase._grad_w_hh(dg, dg_rows, rows, out, h0,
+                                                            lengths, reverse)
+        return g_ih, g_hh, g_b
 
     @staticmethod
     def _inputs_and_states(inp, out, h0, rows, lengths, reverse):

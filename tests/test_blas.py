@@ -115,6 +115,116 @@ def test_weight_gradient_products_take_the_documented_path(k, m, n, one_thread, 
     assert np.array_equal(got[True], got[False]) is not kernel
 
 
+def _previous_states(out, h0, lengths, reverse):
+    """h_{t-1} of every (t, b), by loops over the definition: ``out`` one step
+    back (forward) or ahead (reverse), ``h0`` at each sample's first step;
+    zero on the padding, whose gate gradients are zero."""
+    T, B, R = out.shape
+    hp = np.zeros((T, B, R))
+    for b in range(B):
+        first = lengths[b] - 1 if reverse else 0
+        for t in range(lengths[b]):
+            hp[t, b] = h0[b] if t == first else out[t + 1 if reverse else t - 1, b]
+    return hp
+
+
+_WEIGHT_PRODUCTS = [  # T, B, M, D, R: each over 2^23 multiply-adds, M > 256
+    (120, 7, 300, 13, 45),   # blocks of 8 and panels of 32 with rests
+    (120, 7, 300, 40, 0),    # an input weight alone (the GRU's W_ih)
+    (120, 7, 300, 0, 45),    # a state weight alone (the GRU's W_hh)
+    (400, 5, 600, 3, 20),    # n < 32 < m: stored transposed
+]
+
+
+@pytest.mark.parametrize("T,B,M,D,R", _WEIGHT_PRODUCTS)
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("steps", ["full", "padded", "gathered"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_weight_product_reads_the_rows_in_place(T, B, M, D, R, reverse, steps, bias):
+    """``weight_product`` (the packed tn kernel reading the gate gradients, the
+    input and the shifted states in place, with the bias's column sums)
+    against a float64 product of operands gathered by loops, within the
+    bound of a k-term float32 sum, ``2 (k + 2) u (|dg|.T @ |[x | h]|)``."""
+    if _blas._weight_product is None:
+        pytest.skip("SKIPPED LOUDLY: the Cython extension is not built")
+    from fastrnn._kernels import _cython_kernels as kern
+
+    if not kern.PANELS_AVAILABLE:
+        pytest.skip("SKIPPED LOUDLY: the packed tn kernel needs AVX-512 (and gcc or "
+                    "clang); the layers gather the operands for BLAS here")
+    rng = np.random.default_rng([T, M, D, R, reverse])
+    lengths = np.full(B, T, np.int64)
+    if steps != "full":  # sorted, longest first, as the layers pass them
+        lengths = np.sort(rng.integers(T * 3 // 4, T + 1, B))[::-1].copy()
+        lengths[0] = T
+    valid = np.arange(T)[:, None] < lengths[None, :]
+    dg = rng.standard_normal((T, B, M)).astype(np.float32) * valid[:, :, None]
+    x = rng.standard_normal((T, B, D)).astype(np.float32)
+    out = (rng.standard_normal((T, B, R)) * valid[:, :, None]).astype(np.float32)
+    h0 = rng.standard_normal((B, R)).astype(np.float32)
+    rows = np.flatnonzero(valid) if steps == "gathered" else None
+    xh = np.concatenate([x, _previous_states(out, h0, lengths, reverse)], axis=2)
+    sel = valid.reshape(-1) if steps == "gathered" else slice(None)
+    a64 = dg.reshape(T * B, M)[sel].astype(np.float64)
+    b64 = xh.reshape(T * B, D + R)[sel]
+    k = a64.shape[0]
+    bound = 2 * (k + 2) * 2.0 ** -24 * (np.abs(a64).T @ np.abs(b64))
+    got = _blas.weight_product(dg.reshape(T * B, M), rows,
+                               x.reshape(T * B, D) if D else None,
+                               out.reshape(T * B, R) if R else None, h0, lengths,
+                               reverse, bias)
+    assert got is None  # BLAS not held on one thread: the product is BLAS's
+    from fastrnn._config import single_threaded_blas
+
+    with single_threaded_blas():
+        got = _blas.weight_product(dg.reshape(T * B, M), rows,
+                                   x.reshape(T * B, D) if D else None,
+                                   out.reshape(T * B, R) if R else None, h0, lengths,
+                                   reverse, bias)
+    assert got is not None
+    c, sums = got
+    assert c.shape == (M, D + R) and c.dtype == np.float32 and c.flags.c_contiguous
+    assert np.all(np.abs(c - a64.T @ b64) <= bound)
+    if bias:
+        sum_bound = 2 * (k + 2) * 2.0 ** -24 * np.abs(a64).sum(axis=0)
+        assert np.all(np.abs(sums - a64.sum(axis=0)) <= sum_bound)
+    else:
+        assert sums is None
+
+
+def test_weight_product_leaves_small_products_and_bad_rows():
+    """None (nothing done) where gemm would not take the packed kernel: a
+    small product, or the panels off; an index or length out of range is an
+    error, not a read out of bounds."""
+    if _blas._weight_product is None:
+        pytest.skip("SKIPPED LOUDLY: the Cython extension is not built")
+    from fastrnn._config import single_threaded_blas
+    from fastrnn._kernels import _cython_kernels as kern
+
+    if not kern.PANELS_AVAILABLE:
+        pytest.skip("SKIPPED LOUDLY: the packed tn kernel needs AVX-512")
+    T, B, M, D, R = 120, 7, 300, 13, 45
+    dg = np.ones((T * B, M), np.float32)
+    x, out = np.ones((T * B, D), np.float32), np.ones((T * B, R), np.float32)
+    h0, lengths = np.ones((B, R), np.float32), np.full(B, T, np.int64)
+    with single_threaded_blas():
+        assert _blas.weight_product(dg[:200], None, x[:200], None, h0, lengths, False,
+                                    True) is None  # 300 x 13 over 200 rows: small
+        was = kern.set_panel_products(False)
+        try:
+            assert _blas.weight_product(dg, None, x, out, h0, lengths, False, True) is None
+        finally:
+            kern.set_panel_products(was)
+        rows = np.arange(T * B, dtype=np.int64)
+        rows[-1] = T * B
+        with pytest.raises(IndexError, match="outside"):
+            _blas.weight_product(dg, rows, x, out, h0, lengths, False, True)
+        bad = lengths.copy()
+        bad[3] = T + 1
+        with pytest.raises(ValueError, match="outside"):
+            _blas.weight_product(dg, None, x, out, h0, bad, True, True)
+
+
 def test_matmul_empty_inner_dimension_is_zero():
     a, b = np.ones((4, 0), np.float32), np.ones((0, 3), np.float32)
     np.testing.assert_array_equal(_blas.matmul(a, b), np.zeros((4, 3)))

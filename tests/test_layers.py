@@ -179,6 +179,65 @@ def test_weight_gradients_in_one_product(monkeypatch, name, cls, opts, num_layer
     _fd_check(layer, x, hx, lengths, rng)
 
 
+@pytest.mark.parametrize("steps", ["full", "padded", "gathered"])
+@pytest.mark.parametrize("name,cls,opts", CELLS, ids=[c[0] for c in CELLS])
+def test_weight_gradients_read_in_place(monkeypatch, name, cls, opts, steps):
+    """With BLAS held on one thread and products large enough, the Cython
+    backend's weight gradients run on the packed kernel that reads the gate
+    gradients, the input and the shifted states in place
+    (``fastrnn._blas.weight_product``): every one of them there (counted),
+    the same gradients as from the gathered operands (the kernel turned
+    off) within float32 rounding, and as the reference backend's."""
+    if "cython" not in BACKENDS:
+        pytest.skip("SKIPPED LOUDLY: the Cython backend is not built")
+    from fastrnn import _blas, nn
+    from fastrnn._config import single_threaded_blas
+    from fastrnn._kernels import _cython_kernels as kern
+
+    if not kern.PANELS_AVAILABLE:
+        pytest.skip("SKIPPED LOUDLY: the packed tn kernel needs AVX-512 (and gcc or "
+                    "clang); the layers gather the operands for BLAS here")
+    rng = np.random.default_rng(len(name))
+    T, B, D, H = 100, 8, 64, 130
+    x = rng.standard_normal((T, B, D)).astype(np.float32)
+    lengths = None
+    if steps != "full":
+        lengths = np.sort(rng.integers(T * 3 // 4, T + 1, B))
+        lengths[-1] = T
+    monkeypatch.setattr(nn, "_GATHER_BELOW_FILL", 1.01 if steps == "gathered" else 0.0)
+    kernel = _blas._weight_product
+    taken = []
+
+    def counted(*args):
+        got = kernel(*args)
+        taken.append(got is not None)
+        return got
+
+    grads = {}
+    for how in ("in place", "gathered", "reference"):
+        layer = make_layer(cls, opts, D=D, H=H, num_layers=2, bidirectional=True,
+                           dtype=np.float32, random_state=2,
+                           backend="reference" if how == "reference" else "cython")
+        monkeypatch.setattr(_blas, "_weight_product",
+                            counted if how == "in place" else None)
+        with single_threaded_blas():
+            out, _ = layer(x, lengths=lengths)
+            layer.backward(np.ones_like(out), None)
+        grads[how] = layer.grads
+    # two layers (the top one first), two directions; the GRU's input and
+    # state weights apart; a projected LSTM's top layer (inputs and states of
+    # 2 + 2 and 2 columns) has products small enough for the in-place kernel
+    want = [True] * (8 if cls is GRU else 4)
+    if opts.get("proj_size"):
+        want[:2] = [False, False]
+    assert taken == want
+    for k, ref in grads["reference"].items():
+        scale = np.abs(ref).max()
+        np.testing.assert_allclose(grads["in place"][k], grads["gathered"][k], rtol=0,
+                                   atol=1e-5 * scale, err_msg=k)
+        assert _rel_err(grads["in place"][k].astype(np.float64), ref) <= 1e-4, k
+
+
 def test_weight_gradients_merge_where_measured_faster():
     """The rule of fastrnn.nn._merges_weight_grads: an LSTM's gate gradients,
     at least twice as wide as the rows copied and beyond the weight-gradient

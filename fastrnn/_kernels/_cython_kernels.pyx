@@ -979,65 +979,165 @@ cdef extern from *:
             }
         }
     }
-    /* the packing of fastrnn_sgemm_tn_packed: kc rows (ld apart) of w
-       columns into blocks of `width` (8 or 32) columns, block i at
-       dst + i * kc, its rows `width` apart, zeros past w */
-    FASTRNN_AVX512 static void fastrnn_pack_blocks(const float* src, ptrdiff_t ld,
-                                                   ptrdiff_t kc, ptrdiff_t w,
-                                                   const int width, float* dst) {
-        for (ptrdiff_t p = 0; p < kc; p++) {
-            const float* row = src + p * ld;
+    /* An operand (k, w1 + w2) of the packed tn product, read in place: its
+       row p is row q = idx[p] (q = p when idx is NULL) of `a` (w1 columns,
+       rows w1 apart), followed, when w2 > 0, by the state h_{t-1} of that
+       row's step t = q / nb and sample b = q % nb: out's row q - nb
+       (forward) or q + nb (reverse), but h0's row b at the sample's first
+       step (t = 0, or in reverse t = lengths[b] - 1); in reverse, a padding
+       row of the last step takes out's own row q (zero past a sample's end,
+       as its gate gradients are). */
+    typedef struct {
+        const int64_t* idx;
+        const float* a;
+        ptrdiff_t w1;
+        const float* out;
+        const float* h0;
+        ptrdiff_t w2;
+        const int64_t* lengths;
+        ptrdiff_t nb;
+        ptrdiff_t T;
+        int reverse;
+    } fastrnn_rows;
+
+    /* row p of s: in place, or assembled in tmp (w1 + w2 floats) */
+    static inline const float* fastrnn_row(const fastrnn_rows* s, ptrdiff_t p, float* tmp) {
+        ptrdiff_t q = s->idx ? (ptrdiff_t)s->idx[p] : p;
+        const float* h = NULL;
+        if (s->w2 > 0) {
+            ptrdiff_t t = q / s->nb, b = q % s->nb;
+            if (!s->reverse)
+                h = t == 0 ? s->h0 + b * s->w2 : s->out + (q - s->nb) * s->w2;
+            else if (t == s->lengths[b] - 1)
+                h = s->h0 + b * s->w2;
+            else
+                h = s->out + (t + 1 < s->T ? q + s->nb : q) * s->w2;
+        }
+        if (s->w1 == 0)
+            return h;
+        if (h == NULL)
+            return s->a + q * s->w1;
+        memcpy(tmp, s->a + q * s->w1, (size_t)s->w1 * sizeof(float));
+        memcpy(tmp + s->w1, h, (size_t)s->w2 * sizeof(float));
+        return tmp;
+    }
+
+    /* one row's w floats into blocks of `width` (8 or 32) columns, block i
+       at dst + i * kc, its rows `width` apart, this row p of them; zeros past
+       w: the 16 floats v of the row's columns i .. i + 15. */
+    FASTRNN_AVX512 __attribute__((always_inline)) static inline void
+    fastrnn_pack_group(__m512 v, ptrdiff_t i, ptrdiff_t w, const int width,
+                       ptrdiff_t kc, ptrdiff_t p, float* dst) {
+        if (width == 32) {
+            _mm512_storeu_ps(dst + (i / 32) * 32 * kc + p * 32 + i % 32, v);
+        } else {
+            _mm256_storeu_ps(dst + i * kc + p * 8, _mm512_castps512_ps256(v));
+            if (w - i > 8)
+                _mm256_storeu_ps(dst + (i + 8) * kc + p * 8, _mm256_castpd_ps(
+                    _mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+        }
+    }
+
+    /* rows p0 .. p0 + kc - 1 of s (w columns) into blocks of `width` (8 or
+       32) columns, block i at dst + i * kc, its rows `width` apart, zeros
+       past w; and, when sums (w) is given, their sum added to it. Four rows
+       at a time: the additions to sums then do not wait on each other row
+       by row (with them, a row at a time made the whole product 1.2-1.35
+       times slower), and the product without sums took 0.85-1.0 of the
+       time too. */
+    FASTRNN_AVX512 static void fastrnn_pack_rows(const fastrnn_rows* s, ptrdiff_t p0,
+                                                 ptrdiff_t kc, const int width,
+                                                 float* dst, float* tmp, float* sums) {
+        ptrdiff_t w = s->w1 + s->w2, p = 0;
+        int empty_half = width == 32 && (w % 32 != 0) && (w % 32) <= 16;
+        for (; p < kc; p++) {
+            if (p + 4 <= kc) {
+                /* four rows; a row assembled in tmp is copied out before the next */
+                const float* r[4];
+                float* t4 = tmp + (s->w1 + s->w2 + 15) / 16 * 16;
+                for (int u = 0; u < 4; u++) {
+                    r[u] = fastrnn_row(s, p0 + p + u, t4 + u * w);
+                }
+                for (ptrdiff_t i = 0; i < w; i += 16) {
+                    __mmask16 mk = w - i >= 16 ? (__mmask16)0xFFFF
+                                   : (__mmask16)((1u << (w - i)) - 1u);
+                    __m512 v0 = _mm512_maskz_loadu_ps(mk, r[0] + i);
+                    __m512 v1 = _mm512_maskz_loadu_ps(mk, r[1] + i);
+                    __m512 v2 = _mm512_maskz_loadu_ps(mk, r[2] + i);
+                    __m512 v3 = _mm512_maskz_loadu_ps(mk, r[3] + i);
+                    fastrnn_pack_group(v0, i, w, width, kc, p, dst);
+                    fastrnn_pack_group(v1, i, w, width, kc, p + 1, dst);
+                    fastrnn_pack_group(v2, i, w, width, kc, p + 2, dst);
+                    fastrnn_pack_group(v3, i, w, width, kc, p + 3, dst);
+                    if (sums) {
+                        __m512 v = _mm512_add_ps(_mm512_add_ps(v0, v1), _mm512_add_ps(v2, v3));
+                        _mm512_mask_storeu_ps(sums + i, mk, _mm512_add_ps(
+                            v, _mm512_maskz_loadu_ps(mk, sums + i)));
+                    }
+                }
+                for (int u = 0; u < 4; u++)
+                    if (empty_half)
+                        _mm512_storeu_ps(dst + (w / 32) * 32 * kc + (p + u) * 32 + 16,
+                                         _mm512_setzero_ps());
+                p += 3;
+                continue;
+            }
+            const float* row = fastrnn_row(s, p0 + p, tmp);
             for (ptrdiff_t i = 0; i < w; i += 16) {
                 __mmask16 mk = w - i >= 16 ? (__mmask16)0xFFFF
                                : (__mmask16)((1u << (w - i)) - 1u);
                 __m512 v = _mm512_maskz_loadu_ps(mk, row + i);
-                if (width == 32) {
-                    _mm512_storeu_ps(dst + (i / 32) * 32 * kc + p * 32 + i % 32, v);
-                } else {
-                    _mm256_storeu_ps(dst + i * kc + p * 8, _mm512_castps512_ps256(v));
-                    if (w - i > 8)
-                        _mm256_storeu_ps(dst + (i + 8) * kc + p * 8, _mm256_castpd_ps(
-                            _mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-                }
+                if (sums)
+                    _mm512_mask_storeu_ps(sums + i, mk, _mm512_add_ps(
+                        v, _mm512_maskz_loadu_ps(mk, sums + i)));
+                fastrnn_pack_group(v, i, w, width, kc, p, dst);
             }
-            if (width == 32 && (w % 32 != 0) && (w % 32) <= 16)  /* a panel's empty half */
+            if (empty_half)
                 _mm512_storeu_ps(dst + (w / 32) * 32 * kc + p * 32 + 16, _mm512_setzero_ps());
         }
     }
 
-    /* fastrnn_sgemm_tn for large products, the layers' weight gradients on
-       one thread (an S3 LSTM slice's is (3200, 512).T @ (3200, 160)): each
-       chunk of FASTRNN_TNP_KC rows of both operands is first copied into
-       blocks of 8 columns of x and panels of 32 of y, so that a block's sums
-       read both sequentially (in place, a block of x is 32 bytes of each of
-       its rows, a whole row of a apart), then every block runs over the
-       chunk, one panel of y staying in L1 while the blocks of x go past it.
-       The same sums as fastrnn_sgemm_tn, in chunks of 192 rows (S3 and S6
-       steps took 0.94-1.01 of their time with chunks of 256). Returns 0
-       (nothing done) when the work memory cannot be had. */
+    /* c (m, n) = A.T @ B (+ c when acc) over k rows, A (k, m) and B (k, n)
+       given by sa and sb (m and n their widths); sums (m), when given, gets
+       A's column sums, added in the same order as the product's. The
+       register blocks of fastrnn_sgemm_tn, for large products (an S3 LSTM
+       slice's weight gradients are (3200, 512).T @ (3200, 160)): each chunk
+       of FASTRNN_TNP_KC rows of both operands is first copied into blocks of
+       8 columns of x and panels of 32 of y (x and y as in fastrnn_sgemm_tn),
+       so that a block's sums read both in order (in place, a block of x is
+       32 bytes of each of its rows, a whole row of a apart), then every
+       block runs over the chunk, one panel of y staying in L1 while the
+       blocks of x go past it. The sums as fastrnn_sgemm_tn's, in chunks of
+       192 rows (S3 and S6 steps took 0.94-1.01 of their time with chunks of
+       256). Returns 0 (nothing done) when the work memory cannot be had. */
     #define FASTRNN_TNP_KC 192
-    FASTRNN_AVX512 static int fastrnn_sgemm_tn_packed(
-            ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdiff_t lda,
-            const float* b, ptrdiff_t ldb, float* c, ptrdiff_t ldc, int acc) {
+    FASTRNN_AVX512 static int fastrnn_tn_rows(ptrdiff_t k, const fastrnn_rows* sa,
+                                              const fastrnn_rows* sb, float* c,
+                                              ptrdiff_t ldc, int acc, float* sums) {
+        ptrdiff_t m = sa->w1 + sa->w2, n = sb->w1 + sb->w2;
         int tr = n < 32 && m > n;
-        const float* x = tr ? b : a;
-        const float* y = tr ? a : b;
-        ptrdiff_t ldx = tr ? ldb : lda, ldy = tr ? lda : ldb;
+        const fastrnn_rows* sx = tr ? sb : sa;
+        const fastrnn_rows* sy = tr ? sa : sb;
         ptrdiff_t mx = tr ? n : m, ny = tr ? m : n;
         ptrdiff_t kc0 = k < FASTRNN_TNP_KC ? k : FASTRNN_TNP_KC;
         ptrdiff_t mx8 = (mx + 7) / 8 * 8, ny32 = (ny + 31) / 32 * 32;
         float* px = (float*)fastrnn_work_alloc((size_t)(kc0 * mx8) * sizeof(float));
         float* py = (float*)fastrnn_work_alloc((size_t)(kc0 * ny32) * sizeof(float));
-        if (px == NULL || py == NULL) {
+        /* room for the four rows of fastrnn_pack_rows after a rounded first */
+        float* tmp = (float*)fastrnn_work_alloc((size_t)(5 * (mx + ny) + 16) * sizeof(float));
+        if (px == NULL || py == NULL || tmp == NULL) {
             fastrnn_work_free(px);
             fastrnn_work_free(py);
+            fastrnn_work_free(tmp);
             return 0;
         }
+        if (sums)
+            memset(sums, 0, (size_t)m * sizeof(float));
         for (ptrdiff_t p0 = 0; p0 < k; p0 += FASTRNN_TNP_KC) {
             ptrdiff_t kc = k - p0 < FASTRNN_TNP_KC ? k - p0 : FASTRNN_TNP_KC;
             int ac = acc || p0 > 0;
-            fastrnn_pack_blocks(x + p0 * ldx, ldx, kc, mx, 8, px);
-            fastrnn_pack_blocks(y + p0 * ldy, ldy, kc, ny, 32, py);
+            fastrnn_pack_rows(sx, p0, kc, 8, px, tmp, tr ? NULL : sums);
+            fastrnn_pack_rows(sy, p0, kc, 32, py, tmp, tr ? sums : NULL);
             for (ptrdiff_t j0 = 0; j0 < ny; j0 += 32) {
                 __mmask16 m0, m1;
                 fastrnn_panel_masks(ny - j0, &m0, &m1);
@@ -1050,7 +1150,18 @@ cdef extern from *:
         }
         fastrnn_work_free(px);
         fastrnn_work_free(py);
+        fastrnn_work_free(tmp);
         return 1;
+    }
+
+    /* fastrnn_sgemm_tn's product on fastrnn_tn_rows, a (k, m) and b (k, n)
+       C-contiguous */
+    static int fastrnn_sgemm_tn_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                                       const float* a, const float* b, float* c,
+                                       int acc) {
+        fastrnn_rows sa = {NULL, a, m, NULL, NULL, 0, NULL, 1, 1, 0};
+        fastrnn_rows sb = {NULL, b, n, NULL, NULL, 0, NULL, 1, 1, 0};
+        return fastrnn_tn_rows(k, &sa, &sb, c, n, acc, NULL);
     }
     FASTRNN_AVX512 static void fastrnn_pack_avx512(const float* w, ptrdiff_t k,
                                                    ptrdiff_t n, int transposed,
@@ -1107,9 +1218,22 @@ cdef extern from *:
     static void fastrnn_sgemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a,
                                  ptrdiff_t lda, const float* b, ptrdiff_t ldb,
                                  float* c, ptrdiff_t ldc, int acc) { abort(); }
+    typedef struct {
+        const int64_t* idx;
+        const float* a;
+        ptrdiff_t w1;
+        const float* out;
+        const float* h0;
+        ptrdiff_t w2;
+        const int64_t* lengths;
+        ptrdiff_t nb;
+        ptrdiff_t T;
+        int reverse;
+    } fastrnn_rows;
+    static int fastrnn_tn_rows(ptrdiff_t k, const fastrnn_rows* sa, const fastrnn_rows* sb,
+                               float* c, ptrdiff_t ldc, int acc, float* sums) { abort(); }
     static int fastrnn_sgemm_tn_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
-                                       const float* a, ptrdiff_t lda, const float* b,
-                                       ptrdiff_t ldb, float* c, ptrdiff_t ldc,
+                                       const float* a, const float* b, float* c,
                                        int acc) { abort(); }
     #endif
 
@@ -1127,8 +1251,20 @@ cdef extern from *:
                           Py_ssize_t lda, const float* b, Py_ssize_t ldb, float* c,
                           Py_ssize_t ldc, int acc) nogil
     int fastrnn_sgemm_tn_packed(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a,
-                                Py_ssize_t lda, const float* b, Py_ssize_t ldb, float* c,
-                                Py_ssize_t ldc, int acc) nogil
+                                const float* b, float* c, int acc) nogil
+    ctypedef struct fastrnn_rows:
+        const int64_t* idx
+        const float* a
+        Py_ssize_t w1
+        const float* out
+        const float* h0
+        Py_ssize_t w2
+        const int64_t* lengths
+        Py_ssize_t nb
+        Py_ssize_t T
+        int reverse
+    int fastrnn_tn_rows(Py_ssize_t k, const fastrnn_rows* sa, const fastrnn_rows* sb,
+                        float* c, Py_ssize_t ldc, int acc, float* sums) nogil
 
 
 #: Whether this build and CPU can run the step products on packed panels
@@ -1514,6 +1650,24 @@ cdef inline void _input_step(floating* c, const floating* h, const floating* w,
             c[b * G + k] = v * scale[k] if scale != NULL else v
 
 
+cdef enum:
+    _TN_BLAS = 0
+    _TN_IN_PLACE = 1
+    _TN_PACKED = 2
+
+
+cdef inline int _tn_path(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                         bint one_thread) noexcept nogil:
+    """Where a float32 weight-gradient product ``a.T @ b`` (m, n) over k rows
+    runs (see :func:`gemm`): the in-place tn kernel, the packed one, or BLAS."""
+    if not _panels_on:
+        return _TN_BLAS
+    if m * n * k <= _TN_MAX_MACS or (one_thread and m * n <= _TN_ONE_THREAD_MAX_OUT
+                                     and m <= _TN_ONE_THREAD_MAX_M):
+        return _TN_IN_PLACE
+    return _TN_PACKED if one_thread else _TN_BLAS
+
+
 def gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
          bint trans_a=False, bint trans_b=False, double beta=0.0,
          bint one_thread=False):
@@ -1573,26 +1727,100 @@ def gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
     if m == 0 or n == 0 or k == 0:
         raise ValueError(f"gemm: empty product of shape ({m}, {n}) over {k} terms")
     cdef floating beta_ = <floating>beta
-    cdef int done
+    cdef int done, path
     if floating is float:
-        if (_panels_on and trans_a and not trans_b and (beta == 0 or beta == 1)
-                and (m * n * k <= _TN_MAX_MACS
-                     or (one_thread and m * n <= _TN_ONE_THREAD_MAX_OUT
-                         and m <= _TN_ONE_THREAD_MAX_M))):
+        path = _tn_path(m, n, k, one_thread) if (trans_a and not trans_b
+                                                 and (beta == 0 or beta == 1)) else _TN_BLAS
+        if path == _TN_IN_PLACE:
             with nogil:
                 fastrnn_sgemm_tn(m, n, k, &a[0, 0], m, &b[0, 0], n, &c[0, 0], n,
                                  beta == 1)
             return
-        if (_panels_on and trans_a and not trans_b and (beta == 0 or beta == 1)
-                and one_thread):
+        if path == _TN_PACKED:
             with nogil:
-                done = fastrnn_sgemm_tn_packed(m, n, k, &a[0, 0], m, &b[0, 0], n,
-                                               &c[0, 0], n, beta == 1)
+                done = fastrnn_sgemm_tn_packed(m, n, k, &a[0, 0], &b[0, 0], &c[0, 0],
+                                               beta == 1)
             if done:
                 return
     with nogil:
         _gemm_rm(trans_a, trans_b, m, n, k, &a[0, 0], a.shape[1], &b[0, 0],
                  b.shape[1], beta_, &c[0, 0], n)
+
+
+def weight_product(const float[:, ::1] dg, const int64_t[::1] rows,
+                   const float[:, ::1] x, const float[:, ::1] out,
+                   const float[:, ::1] h0, const int64_t[::1] lengths, bint reverse,
+                   bint bias, bint one_thread):
+    """One direction's weight gradients with their operands read in place:
+    ``(dg[rows].T @ [x[rows] | h_prev[rows]], dg[rows].sum(axis=0))``, the
+    sums (the bias gradient) None unless ``bias``; float32.
+
+    ``dg`` (T * B, M) holds the gate gradients of every step's rows (step t,
+    sample b at row t * B + b), ``rows`` the rows to sum over (None: all).
+    ``x`` (T * B, D) is the layer's input, ``out`` (T * B, R) its output, each
+    None to leave it out of the product; ``h_prev`` is ``out`` one step back
+    (forward) or ahead (``reverse``), and ``h0`` (B, R) at each sample's
+    first step (in reverse, its ``lengths[b] - 1``); ``out`` is zero past a
+    sample's end. This is what the layers otherwise build with copies (the
+    rows of ``[x | h_prev]``, the valid rows) before calling :func:`gemm`
+    and :func:`column_sums`.
+
+    Runs on the packed tn kernel (``fastrnn_tn_rows``), without the GIL.
+    Returns None, having done nothing, where :func:`gemm` would run this
+    product another way (BLAS or the in-place tn kernel: see there;
+    ``one_thread`` as there) or the work memory cannot be had.
+    """
+    cdef Py_ssize_t N = dg.shape[0], M = dg.shape[1], i
+    cdef Py_ssize_t w1 = x.shape[1] if x is not None else 0
+    cdef Py_ssize_t w2 = out.shape[1] if out is not None else 0
+    cdef Py_ssize_t K = rows.shape[0] if rows is not None else N
+    cdef Py_ssize_t B = 0, T = 0
+    cdef fastrnn_rows sa, sb
+    cdef int done
+    if M == 0 or K == 0 or w1 + w2 == 0 or _tn_path(M, w1 + w2, K, one_thread) != _TN_PACKED:
+        return None
+    if x is not None and x.shape[0] != N:
+        raise ValueError(f"weight_product: x has {x.shape[0]} rows, dg {N}")
+    if out is not None:
+        if h0 is None or lengths is None:
+            raise ValueError("weight_product: out needs h0 and lengths")
+        B = lengths.shape[0]
+        if B == 0 or N % B != 0 or out.shape[0] != N or h0.shape[0] != B \
+                or h0.shape[1] != w2:
+            raise ValueError(f"weight_product: out ({out.shape[0]}, {w2}), h0 "
+                             f"({h0.shape[0]}, {h0.shape[1]}) and {B} lengths do not "
+                             f"fit dg's {N} rows")
+        T = N // B
+        for i in range(B):
+            if not 1 <= lengths[i] <= T:
+                raise ValueError(f"weight_product: length {lengths[i]} outside [1, {T}]")
+    if rows is not None:
+        for i in range(K):
+            if not 0 <= rows[i] < N:
+                raise IndexError(f"weight_product: row {rows[i]} outside [0, {N})")
+    cdef cnp.ndarray c = np.empty((M, w1 + w2), np.float32)
+    cdef cnp.ndarray sums = np.empty(M, np.float32) if bias else None
+    sa.idx = sb.idx = &rows[0] if rows is not None else NULL
+    sa.a = &dg[0, 0]
+    sa.w1 = M
+    sa.out = sa.h0 = NULL
+    sa.w2 = 0
+    sa.lengths = NULL
+    sa.nb = sa.T = 1
+    sa.reverse = sb.reverse = reverse
+    sb.a = &x[0, 0] if x is not None else NULL
+    sb.w1 = w1
+    sb.out = &out[0, 0] if out is not None else NULL
+    sb.h0 = &h0[0, 0] if out is not None else NULL
+    sb.w2 = w2
+    sb.lengths = &lengths[0] if out is not None else NULL
+    sb.nb = B if out is not None else 1
+    sb.T = T if out is not None else 1
+    cdef float* c_p = <float*>cnp.PyArray_DATA(c)
+    cdef float* sums_p = <float*>cnp.PyArray_DATA(sums) if bias else NULL
+    with nogil:
+        done = fastrnn_tn_rows(K, &sa, &sb, c_p, w1 + w2, 0, sums_p)
+    return (c, sums) if done else None
 
 
 def column_sums(const floating[:, ::1] a, floating[::1] out):
