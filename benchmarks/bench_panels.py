@@ -1,5 +1,6 @@
 """The Cython backend's float32 step products: packed panels against BLAS;
-and the weight gradients' products, on the tn kernel against BLAS.
+the weight gradients' products, on the tn kernels against BLAS; and those
+gradients read in place against gathered operands.
 
 The same fastrnn step run both ways (``set_panel_products``), so the ratio of
 the two rows tracks what the panels are worth on the machine that runs the
@@ -81,3 +82,50 @@ class WeightGradients:
 
     def time_product(self, shape, products, threads):
         self.matmul(self.a, self.b, trans_a=True, out=self.out)
+
+
+class WeightGradientsInPlace:
+    """One direction's weight and bias gradients of an S3 LSTM slice (32
+    sequences, T = 100, D = 32, H = 128; BLAS held on one thread, as in a
+    split batch): read in place by the packed kernel
+    (``fastrnn._blas.weight_product``), or from gathered operands
+    (``[x | h_prev]`` built, the valid rows taken, the bias summed apart)
+    with that kernel off; every step valid, or S7's ragged lengths with the
+    valid rows gathered."""
+
+    params = (["in place", "gathered"], ["full", "ragged"])
+    param_names = ["operands", "steps"]
+
+    def setup(self, operands, steps):
+        import numpy as np
+
+        from fastrnn import _blas, nn
+        from fastrnn._config import single_threaded_blas
+
+        _kernels_or_skip()
+        T, B, D, H = (12, 4, 8, 8) if QUICK else (100, 32, 32, 128)
+        rng = np.random.default_rng(0)
+        lengths = np.full(B, T, np.int64)
+        rows = None
+        if steps == "ragged":
+            lengths = np.sort(rng.integers(10, T + 1, B))[::-1].copy()
+            lengths[0] = T
+            rows = np.flatnonzero(np.arange(T)[:, None] < lengths[None, :])
+        valid = (np.arange(T)[:, None] < lengths[None, :])[:, :, None]
+        self.args = ((rng.standard_normal((T, B, 4 * H)) * valid).astype(np.float32), rows,
+                     rng.standard_normal((T, B, D)).astype(np.float32),
+                     (rng.standard_normal((T, B, H)) * valid).astype(np.float32),
+                     rng.standard_normal((B, H)).astype(np.float32), lengths, False, True)
+        self.grads = nn._RNNBase._weight_grads
+        self._blas, self._kernel = _blas, _blas._weight_product
+        if operands == "gathered":
+            _blas._weight_product = None
+        self._threads = single_threaded_blas()
+        self._threads.__enter__()
+
+    def teardown(self, *args):
+        self._threads.__exit__(None, None, None)
+        self._blas._weight_product = self._kernel
+
+    def time_weight_gradients(self, operands, steps):
+        self.grads(*self.args)

@@ -77,9 +77,11 @@ def _valid_rows(lengths, T):
 
 
 def _merges_weight_grads(G, D, R):
-    """Whether a backward computes ``[dW_ih | dW_hh]`` as one product with
-    ``[x | h_prev]`` (see :meth:`_RNNBase._inputs_and_states`) rather than
-    two: where the gate gradients (T * B, G) are at least twice as wide as
+    """Whether a backward that gathers the weight gradients' operands (where
+    the Cython extension's packed kernel does not read them in place: see
+    :meth:`_RNNBase._weight_grads`) computes ``[dW_ih | dW_hh]`` as one
+    product with ``[x | h_prev]`` (see :meth:`_RNNBase._inputs_and_states`)
+    rather than two: where the gate gradients (T * B, G) are at least twice as wide as
     the rows copied to build that operand (D + R), and the products go to
     BLAS (beyond ``_MERGE_MIN_GATES`` gate columns; narrower ones run faster
     apart, on the Cython extension's own kernel). An LSTM's G = 4H. Each
@@ -757,7 +759,13 @@ class _RNNBase:
         None unless ``bias``). Read in place by one product where the Cython
         extension's packed kernel takes it (:func:`fastrnn._blas.weight_product`),
         else from gathered operands: both weights in one product where
-        :func:`_merges_weight_grads` says so."""
+        :func:`_merges_weight_grads` says so.
+
+        In place, nothing is copied: not ``[x | h_prev]``, not the valid rows,
+        and the column sums ride along with the packing. Old and new trees in
+        alternating processes (medians of 9): S3 LSTM 0.95-0.96 of the time,
+        RNN 0.93, GRU 0.94-1.02; S7 LSTM 0.91, GRU 0.84-0.93, RNN 0.88-0.91;
+        S6 0.96-1.01; S4, whose products stay small, unchanged."""
         T, B, GH = dg.shape
         D = 0 if inp is None else inp.shape[2]
         got = weight_product(dg.reshape(T * B, GH), rows,

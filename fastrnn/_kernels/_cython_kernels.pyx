@@ -1712,7 +1712,8 @@ def gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
     In alternating processes against the tree before it: S3 LSTM 0.92-0.94
     of the time, S3 GRU 0.94-0.97, S6 0.90-0.96, S7 LSTM 0.95-0.99, S7 GRU
     0.93-0.95, S5 RNN 0.90-0.91, S5 LSTM 0.93-0.99, S5 GRU 0.97-1.01; the
-    RNN's S3 and S7 steps 1.00-1.02.
+    RNN's S3 and S7 steps 1.00-1.02. The layers now call the same kernel
+    through :func:`weight_product`, which reads the operands in place.
     """
     cdef Py_ssize_t m = a.shape[1] if trans_a else a.shape[0]
     cdef Py_ssize_t k = a.shape[0] if trans_a else a.shape[1]
