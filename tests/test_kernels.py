@@ -415,6 +415,31 @@ def test_panel_matmul_epilogue(m, k, n):
                                   prod * scale)
 
 
+@pytest.mark.parametrize("m,k,n", [(1, 128, 512), (9, 30, 40), (32, 128, 512)])
+def test_panel_matmul_activation(m, k, n):
+    """The product's own float32 tanh (the LSTM forward's gate activations,
+    ``tanh(v) * act[0] + act[1]``: sigmoid with 1/2 and 1/2 after a scale of
+    1/2): within 5e-7 of ``np.tanh`` of the same stored product; exactly
+    +-1 (so a saturated gate's derivative is exactly 0) from |v| = 7.9053 on;
+    NaN kept."""
+    kern = _panels_or_skip()
+    rng = np.random.default_rng(m + k + n)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    w = (rng.standard_normal((n, k)) * 3 / np.sqrt(k)).astype(np.float32)
+    a[0, :2] = [1e3, -1e3]  # some saturated columns, both signs
+    scale = rng.choice(np.array([0.5, 1.0], np.float32), n)
+    act = np.stack([scale, np.where(scale == 0.5, 0.5, 0.0)]).astype(np.float32)
+    v = kern.panel_matmul(a, w, True, scale=scale)
+    got = kern.panel_matmul(a, w, True, scale=scale, act=act)
+    want = np.tanh(v.astype(np.float64)) * act[0] + act[1]
+    assert np.abs(got - want).max() <= 5e-7
+    big = np.abs(v) >= 7.90531110763549805
+    assert big.any() and (~big).any()
+    np.testing.assert_array_equal(got[big], (np.sign(v) * act[0] + act[1])[big])
+    a[-1, 0] = np.nan
+    assert np.isnan(kern.panel_matmul(a, w, True, scale=scale, act=act)[-1]).all()
+
+
 def test_panel_matmul_rejects_bad_shapes():
     kern = _panels_or_skip()
     a = np.ones((3, 4), np.float32)

@@ -769,11 +769,47 @@ cdef extern from *:
               : (w <= 16 ? (__mmask16)0 : (__mmask16)((1u << (w - 16)) - 1u));
     }
 
+    /* float32 tanh of 16 lanes: the odd rational function of degree 13/6 of
+       the Numba backend (fastrnn/_kernels/numba_kernels.py, _tanh_rational;
+       error below 4e-7), on the input clamped to +-7.90531110763549805 and
+       exactly +-1 from there on, so that a saturated gate's derivative is
+       exactly 0; NaN stays NaN (max and min return their second operand when
+       one is NaN). */
+    FASTRNN_AVX512 __attribute__((always_inline)) static inline __m512
+    fastrnn_tanh_ps(__m512 x) {
+        const __m512 lim = _mm512_set1_ps(7.90531110763549805f);
+        x = _mm512_min_ps(lim, _mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), lim), x));
+        __m512 x2 = _mm512_mul_ps(x, x);
+        __m512 p = _mm512_set1_ps(-2.76076847742355e-16f);
+        p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(2.00018790482477e-13f));
+        p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-8.60467152213735e-11f));
+        p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(5.12229709037114e-08f));
+        p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(1.48572235717979e-05f));
+        p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(6.37261928875436e-04f));
+        p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(4.89352455891786e-03f));
+        __m512 q = _mm512_set1_ps(1.19825839466702e-06f);
+        q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(1.18534705686654e-04f));
+        q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(2.26843463243900e-03f));
+        q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(4.89352518554385e-03f));
+        /* x p / q through 1/q: rcp14's estimate and one Newton step (error
+           about 2^-28; a division of 16 lanes blocks its port for ~10 cycles) */
+        __m512 inv = _mm512_rcp14_ps(q);
+        inv = _mm512_mul_ps(inv, _mm512_fnmadd_ps(q, inv, _mm512_set1_ps(2.0f)));
+        __m512 r = _mm512_mul_ps(_mm512_mul_ps(x, p), inv);
+        r = _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(x, lim, _CMP_GE_OQ),
+                               _mm512_set1_ps(1.0f));
+        return _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(
+            x, _mm512_sub_ps(_mm512_setzero_ps(), lim), _CMP_LE_OQ), _mm512_set1_ps(-1.0f));
+    }
+
     /* a panel row's end: v, plus c (acc), plus add, times scale (each when
-       given), stored in the row's valid lanes */
+       given), then, with amul and aadd, tanh(v) * amul + aadd (a sigmoid
+       where they are 1/2 and the scale 1/2 too), stored in the row's valid
+       lanes */
     FASTRNN_AVX512 __attribute__((always_inline)) static inline void
-    fastrnn_panel_store(__m512 v0, __m512 v1, float* c, int acc, const float* add,
-                        const float* scale, __mmask16 m0, __mmask16 m1) {
+    fastrnn_panel_store_act(__m512 v0, __m512 v1, float* c, int acc, const float* add,
+                            const float* scale, const float* amul, const float* aadd,
+                            __mmask16 m0, __mmask16 m1) {
         if (acc) {
             v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, c));
             v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, c + 16));
@@ -786,8 +822,21 @@ cdef extern from *:
             v0 = _mm512_mul_ps(v0, _mm512_maskz_loadu_ps(m0, scale));
             v1 = _mm512_mul_ps(v1, _mm512_maskz_loadu_ps(m1, scale + 16));
         }
+        if (amul) {
+            v0 = _mm512_fmadd_ps(fastrnn_tanh_ps(v0), _mm512_maskz_loadu_ps(m0, amul),
+                                 _mm512_maskz_loadu_ps(m0, aadd));
+            v1 = _mm512_fmadd_ps(fastrnn_tanh_ps(v1), _mm512_maskz_loadu_ps(m1, amul + 16),
+                                 _mm512_maskz_loadu_ps(m1, aadd + 16));
+        }
         _mm512_mask_storeu_ps(c, m0, v0);
         _mm512_mask_storeu_ps(c + 16, m1, v1);
+    }
+
+    /* fastrnn_panel_store_act without the activation */
+    FASTRNN_AVX512 __attribute__((always_inline)) static inline void
+    fastrnn_panel_store(__m512 v0, __m512 v1, float* c, int acc, const float* add,
+                        const float* scale, __mmask16 m0, __mmask16 m1) {
+        fastrnn_panel_store_act(v0, v1, c, acc, add, scale, NULL, NULL, m0, m1);
     }
 
     /* The register block of the panel and tn products: for r < mr <= 8,
@@ -833,23 +882,27 @@ cdef extern from *:
             }                                                               \
         } while (0)
 
-    /* c (mr, 32) (+)= a (mr, k) @ bp (k, 32), mr <= 8, then add and scale */
+    /* c (mr, 32) (+)= a (mr, k) @ bp (k, 32), mr <= 8, then add, scale and
+       the activation (see fastrnn_panel_store_act) */
     FASTRNN_AVX512 __attribute__((always_inline)) static inline void
     fastrnn_panel_block(const int mr, ptrdiff_t k, const float* a, ptrdiff_t lda,
                   const float* bp, float* c, ptrdiff_t ldc, __mmask16 m0,
                   __mmask16 m1, int acc, const float* add, ptrdiff_t ldadd,
-                  const float* scale) {
+                  const float* scale, const float* amul, const float* aadd) {
         __m512 s0[8], s1[8];
         fastrnn_block_sums(mr, k, a, lda, 1, bp, 32, 1, m0, m1, s0, s1);
         for (int i = 0; i < mr; i++)
-            fastrnn_panel_store(s0[i], s1[i], c + i * ldc, acc,
-                                add ? add + i * ldadd : NULL, scale, m0, m1);
+            fastrnn_panel_store_act(s0[i], s1[i], c + i * ldc, acc,
+                                    add ? add + i * ldadd : NULL, scale, amul, aadd,
+                                    m0, m1);
     }
 
-    /* one row: c (n) (+)= a (k) @ bp, then add and scale */
+    /* one row: c (n) (+)= a (k) @ bp, then add, scale and the activation act
+       (see fastrnn_sgemm_panels) */
     FASTRNN_AVX512 static void fastrnn_panel_row(ptrdiff_t n, ptrdiff_t k, const float* a,
                                                  const float* bp, float* c, int acc,
-                                                 const float* add, const float* scale) {
+                                                 const float* add, const float* scale,
+                                                 const float* act) {
         for (ptrdiff_t j0 = 0; j0 < n; j0 += 32) {
             __mmask16 m0, m1;
             fastrnn_panel_masks(n - j0, &m0, &m1);
@@ -873,21 +926,25 @@ cdef extern from *:
             }
             __m512 v0 = _mm512_add_ps(_mm512_add_ps(s[0], s[2]), _mm512_add_ps(s[4], s[6]));
             __m512 v1 = _mm512_add_ps(_mm512_add_ps(s[1], s[3]), _mm512_add_ps(s[5], s[7]));
-            fastrnn_panel_store(v0, v1, c + j0, acc, add ? add + j0 : NULL,
-                                scale ? scale + j0 : NULL, m0, m1);
+            fastrnn_panel_store_act(v0, v1, c + j0, acc, add ? add + j0 : NULL,
+                                    scale ? scale + j0 : NULL, act ? act + j0 : NULL,
+                                    act ? act + n + j0 : NULL, m0, m1);
         }
     }
 
     /* c (m, n) = (a (m, k) @ B [+ c when acc] [+ add (m, n)]) [* scale (n)],
-       the brackets where given (add rows ldadd apart); bp from
-       fastrnn_pack_panels. The additions come in that order after the sum
-       over k, so the result equals the product stored, then added to. */
+       the brackets where given (add rows ldadd apart), then, when act (2n)
+       is given, tanh(c) * act[:n] + act[n:]; bp from fastrnn_pack_panels. The
+       additions come in that order after the sum over k, so the result
+       equals the product stored, then added to. The activation in the
+       product's last pass over its block, in registers, spares a pass of
+       tanh over the gates in memory. */
     FASTRNN_AVX512 static void fastrnn_sgemm_panels(
             ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdiff_t lda,
             const float* bp, float* c, ptrdiff_t ldc, int acc, const float* add,
-            ptrdiff_t ldadd, const float* scale) {
+            ptrdiff_t ldadd, const float* scale, const float* act) {
         if (m == 1) {
-            fastrnn_panel_row(n, k, a, bp, c, acc, add, scale);
+            fastrnn_panel_row(n, k, a, bp, c, acc, add, scale, act);
             return;
         }
         for (ptrdiff_t p0 = 0; p0 < k; p0 += FASTRNN_KC) {
@@ -905,8 +962,10 @@ cdef extern from *:
                         float* ci = c + i * ldc + j0;
                         const float* ad = last && add ? add + i * ldadd + j0 : NULL;
                         const float* sc = last && scale ? scale + j0 : NULL;
+                        const float* am = last && act ? act + j0 : NULL;
+                        const float* aa = last && act ? act + n + j0 : NULL;
                         FASTRNN_BY_ROWS(i1 - i, fastrnn_panel_block, kc, ai, lda, pb, ci,
-                                        ldc, m0, m1, ac, ad, ldadd, sc);
+                                        ldc, m0, m1, ac, ad, ldadd, sc, am, aa);
                     }
                 }
             }
@@ -1212,7 +1271,8 @@ cdef extern from *:
     static void fastrnn_sgemm_panels(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                                      const float* a, ptrdiff_t lda, const float* bp,
                                      float* c, ptrdiff_t ldc, int acc, const float* add,
-                                     ptrdiff_t ldadd, const float* scale) { abort(); }
+                                     ptrdiff_t ldadd, const float* scale,
+                                     const float* act) { abort(); }
     static float* fastrnn_pack_panels(const float* w, ptrdiff_t k, ptrdiff_t n,
                                       int transposed) { abort(); }
     static void fastrnn_sgemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a,
@@ -1244,7 +1304,7 @@ cdef extern from *:
     void fastrnn_sgemm_panels(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a,
                               Py_ssize_t lda, const float* bp, float* c, Py_ssize_t ldc,
                               int acc, const float* add, Py_ssize_t ldadd,
-                              const float* scale) nogil
+                              const float* scale, const float* act) nogil
     float* fastrnn_pack_panels(const float* w, Py_ssize_t k, Py_ssize_t n,
                                int transposed) nogil
     void fastrnn_sgemm_tn(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a,
@@ -1294,11 +1354,13 @@ def panel_products():
 
 def panel_matmul(const float[:, ::1] a, const float[:, ::1] w, bint transposed,
                  float[:, ::1] out=None, const float[:, ::1] add=None,
-                 const float[::1] scale=None):
+                 const float[::1] scale=None, const float[:, ::1] act=None):
     """``a @ w.T`` (``transposed``) or ``a @ w`` through the panel product, for
     tests: one packing, one product, added to ``out`` when given (else into a
     new array), then plus ``add`` (same shape as the result) and times
-    ``scale`` (one entry per column) when given. Needs :data:`PANELS_AVAILABLE`."""
+    ``scale`` (one entry per column) when given, then, with ``act`` (2, n),
+    ``tanh(.) * act[0] + act[1]`` by the product's own float32 tanh. Needs
+    :data:`PANELS_AVAILABLE`."""
     if not PANELS_AVAILABLE:
         raise RuntimeError("panel products need float32 AVX-512 and gcc or clang")
     cdef Py_ssize_t m = a.shape[0], k = a.shape[1]
@@ -1315,6 +1377,9 @@ def panel_matmul(const float[:, ::1] a, const float[:, ::1] w, bint transposed,
         _expect("add", add.shape, 2, m, n)
     if scale is not None:
         _expect("scale", scale.shape, 1, n)
+    if act is not None:
+        _expect("act", act.shape, 2, 2, n)
+    cdef const float* act_p = &act[0, 0] if act is not None else NULL
     cdef const float* add_p = &add[0, 0] if add is not None else NULL
     cdef const float* scale_p = &scale[0] if scale is not None else NULL
     cdef float* bp = fastrnn_pack_panels(&w[0, 0], k, n, transposed)
@@ -1322,7 +1387,7 @@ def panel_matmul(const float[:, ::1] a, const float[:, ::1] w, bint transposed,
         raise MemoryError("cannot allocate the packed weights")
     with nogil:
         fastrnn_sgemm_panels(m, n, k, &a[0, 0], k, bp, &out[0, 0], n, acc, add_p, n,
-                             scale_p)
+                             scale_p, act_p)
     _release(bp)
     return np.asarray(out)
 
@@ -1455,10 +1520,12 @@ cdef int _backward_weights(_StepWeights* sw, const floating* w, Py_ssize_t G,
 cdef inline bint _step_product(floating* c, const floating* h, const floating* w,
                                const _StepWeights* sw, Py_ssize_t nb, Py_ssize_t G,
                                Py_ssize_t R, const floating* add,
-                               const floating* scale, bint acc=False) noexcept nogil:
+                               const floating* scale, bint acc=False,
+                               const floating* act=NULL) noexcept nogil:
     """``c (nb, G) = h (nb, R) @ w.T``, the recurrent product of one step; on the
     panels, and then also ``(c + add) * scale`` (``add`` (nb, G), ``scale`` (G,),
-    either NULL), returning True; else False, and the caller adds and scales.
+    either NULL) and, with ``act`` (2G), ``tanh(c) * act[:G] + act[G:]``,
+    returning True; else False, and the caller adds, scales and activates.
 
     On panels when prepared so; else through the transposed copy when given
     and the product is small. Measured inside the forward kernels (T = 100,
@@ -1472,7 +1539,7 @@ cdef inline bint _step_product(floating* c, const floating* h, const floating* w
     if floating is float:
         if sw.panels and _on_panels(nb, G, R):
             fastrnn_sgemm_panels(nb, G, R, h, R, <const float*>sw.data, c, G, acc,
-                                 add, G, scale)
+                                 add, G, scale, act)
             return True
     cdef floating beta = 1 if acc else 0
     if sw.data != NULL and not sw.panels and _use_transposed(nb, G, R):
@@ -1493,7 +1560,7 @@ cdef inline void _back_product(floating* c, const floating* dg, const floating* 
     if floating is float:
         if sw.panels and _on_panels(nb, G, R):
             fastrnn_sgemm_panels(nb, R, G, dg, G, <const float*>sw.data, c, R, accumulate,
-                                 NULL, 0, NULL)
+                                 NULL, 0, NULL, NULL)
             return
     _matmul_nn(c, dg, w, nb, R, G, beta)
 
@@ -1611,22 +1678,26 @@ cdef void _free_input(_StepInput* si, _StepWeights* sw) noexcept:
     sw.panels = False
 
 
-cdef inline void _input_step(floating* c, const floating* h, const floating* w,
+cdef inline bint _input_step(floating* c, const floating* h, const floating* w,
                              const _StepWeights* sw, const _StepInput* si,
                              Py_ssize_t t, Py_ssize_t B, Py_ssize_t nb, Py_ssize_t G,
-                             Py_ssize_t R, const floating* scale) noexcept nogil:
+                             Py_ssize_t R, const floating* scale,
+                             const floating* act=NULL) noexcept nogil:
     """``c (nb, G) = (h (nb, R) @ w.T + x_t @ W_ih.T + bias) * scale``: the
     pre-activations of step ``t``'s active rows, times ``scale`` (G,) when
     given. ``c`` may be the step's rows of ``si.gx`` itself (then replaced).
     Fused, only the first ``si.fused`` columns (the GRU's r and z: see
-    gru_forward for its n)."""
+    gru_forward for its n). Returns True where the product on the panels
+    also applied the activation ``act`` (2G, see :func:`_step_product`;
+    float32 only), or there are no active rows; False where the caller is to
+    activate them."""
     cdef Py_ssize_t b, k, K = R + si.D
     cdef const floating* gt
     cdef const floating* add
     cdef floating v
     cdef bint in_place
     if nb == 0:
-        return
+        return True
     if floating is float:
         if si.hx != NULL:
             for b in range(nb):
@@ -1635,19 +1706,20 @@ cdef inline void _input_step(floating* c, const floating* h, const floating* w,
                       <const float*>si.x + t * si.xts + b * si.D, si.D)
             fastrnn_sgemm_panels(nb, si.fused, K, <const float*>si.hx, K,
                                  <const float*>sw.data, c, G, 0,
-                                 <const float*>si.bias, 0, scale)
-            return
+                                 <const float*>si.bias, 0, scale, <const float*>act)
+            return act != NULL
     gt = <const floating*>si.gx + t * B * G
     in_place = gt == c
     add = gt
     if in_place:
         add = NULL
-    if _step_product(c, h, w, sw, nb, G, R, add, scale, in_place):
-        return
+    if _step_product(c, h, w, sw, nb, G, R, add, scale, in_place, act):
+        return act != NULL
     for b in range(nb):
         for k in range(G):
             v = c[b * G + k] if in_place else gt[b * G + k] + c[b * G + k]
             c[b * G + k] = v * scale[k] if scale != NULL else v
+    return False
 
 
 cdef enum:
@@ -2078,6 +2150,9 @@ def rnn_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
             for s in range(T):
                 t = T - 1 - s if reverse else s
                 nb = _n_active(len_p, B, t)
+                # (the product's own tanh, as the LSTM's, took 1.04 of the time
+                # at S2: NumPy's loop is the faster tanh, and here nothing else
+                # is saved)
                 _input_step(buf, h_p, w_p, &sw, &si, t, B, nb, H, H, NULL)
                 if relu:
                     for k in range(nb * H):
@@ -2205,6 +2280,8 @@ def lstm_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
     cdef floating* tcb = NULL     # tanh(c_t)
     cdef floating* hcell = NULL   # o * tanh(c_t) before the projection
     cdef floating* scale = NULL   # 1/2 for the sigmoid gates, 1 for g
+    cdef floating* act = NULL     # the activation in the product: 1/2 and 1/2, or 1 and 0
+    cdef bint activated
     cdef object terms             # unfused, in eval: the input terms of all steps
     cdef _StepWeights sw
     cdef _StepInput si
@@ -2221,6 +2298,13 @@ def lstm_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
         scale = <floating*>_alloc(G, sizeof(floating))
         for k in range(G):
             scale[k] = one if 2 * H <= k < 3 * H else half
+        if floating is float and not has_peep:
+            # on the panels the product applies the gates' activations itself,
+            # sigmoid(a) = tanh(a / 2) / 2 + 1/2 and tanh(a) (see _step_product)
+            act = <floating*>_alloc(2 * G, sizeof(floating))
+            for k in range(G):
+                act[k] = scale[k]
+                act[G + k] = zero if 2 * H <= k < 3 * H else half
         if has_proj:
             hcell = <floating*>_alloc(B * H, sizeof(floating))
         with nogil:
@@ -2231,14 +2315,18 @@ def lstm_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
                 # the step's gates are worked out in place: in the training
                 # cache itself when there is one
                 gb = &gates[t, 0, 0] if training else buf
+                activated = False
                 if has_peep:
                     _input_step(gb, h_p, w_p, &sw, &si, t, B, nb, G, R, NULL)
                 else:
                     # tanh arguments of all active rows (a/2 for the sigmoid
-                    # gates i, f, o; a for g), then one tanh call over them all:
-                    # the rows of gb are one contiguous block
-                    _input_step(gb, h_p, w_p, &sw, &si, t, B, nb, G, R, scale)
-                    _vtanh(gb, gb, nb * G)
+                    # gates i, f, o; a for g), then, unless the product applied
+                    # the activations, one tanh call over them all: the rows of
+                    # gb are one contiguous block
+                    activated = _input_step(gb, h_p, w_p, &sw, &si, t, B, nb, G, R,
+                                            scale, act)
+                    if not activated:
+                        _vtanh(gb, gb, nb * G)
                 for b in range(nb):
                     ar = gb + b * G
                     cr = c_p + b * H
@@ -2251,10 +2339,14 @@ def lstm_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
                         _vtanh(ar, ar, 3 * H)
                     # i, f and the new cell state
                     for j in range(H):
-                        i = half * ar[j] + half
-                        f = half * ar[H + j] + half
-                        ar[j] = i
-                        ar[H + j] = f
+                        if activated:
+                            i = ar[j]
+                            f = ar[H + j]
+                        else:
+                            i = half * ar[j] + half
+                            f = half * ar[H + j] + half
+                            ar[j] = i
+                            ar[H + j] = f
                         cr[j] = f * cr[j] + i * ar[2 * H + j]
                     if has_peep:
                         for j in range(H):
@@ -2268,8 +2360,11 @@ def lstm_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
                     tr = tcb + b * H
                     hr = hcell + b * H if has_proj else h_p + b * H
                     for j in range(H):
-                        o = half * ar[3 * H + j] + half
-                        ar[3 * H + j] = o
+                        if activated:
+                            o = ar[3 * H + j]
+                        else:
+                            o = half * ar[3 * H + j] + half
+                            ar[3 * H + j] = o
                         hr[j] = o * tr[j]
                 if has_proj:
                     if nb > 0:
@@ -2291,6 +2386,7 @@ def lstm_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
         _release(tcb)
         _release(hcell)
         _release(scale)
+        _release(act)
         _free_input(&si, &sw)
 
 
@@ -2533,10 +2629,10 @@ def gru_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
                     if floating is float and nb > 0:
                         fastrnn_sgemm_panels(nb, H, H, <const float*>si.hx, H + D,
                                              <const float*>si.h_panels, gb + 2 * H, G,
-                                             0, bn_p, 0, NULL)
+                                             0, bn_p, 0, NULL, NULL)
                         fastrnn_sgemm_panels(nb, H, D, <const float*>si.hx + H, H + D,
                                              <const float*>si.x_panels, nbuf, H, 0,
-                                             bias_p + 2 * H, 0, NULL)
+                                             bias_p + 2 * H, 0, NULL, NULL)
                     for b in range(nb):
                         ar = gb + b * G
                         _copy(hnb + b * H, ar + 2 * H, H)
