@@ -2595,8 +2595,9 @@ def gru_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
     cdef const floating* xn       # a row's input term of n
     cdef const floating* bias_p = &bias[0]
     cdef floating* scale = NULL   # 1/2 for r and z (fused)
+    cdef floating* act = NULL     # fused: r and z's sigmoids in the product (1/2, 1/2)
     cdef object terms             # unfused: the input terms of all steps
-    cdef bint fused
+    cdef bint fused, activated
     cdef _StepWeights sw
     cdef _StepInput si
     sw.data = si.hx = si.gx = si.h_panels = si.x_panels = NULL
@@ -2613,6 +2614,10 @@ def gru_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
         scale = <floating*>_alloc(2 * H, sizeof(floating))
         for k in range(2 * H):
             scale[k] = half
+        if fused:  # (float32 only) the product's columns are r and z alone
+            act = <floating*>_alloc(4 * H, sizeof(floating))
+            for k in range(4 * H):
+                act[k] = half
         with nogil:
             for s in range(T):
                 t = T - 1 - s if reverse else s
@@ -2620,12 +2625,15 @@ def gru_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
                 # the step's gates are worked out in place: in the training
                 # cache itself when there is one
                 gb = &gates[t, 0, 0] if training else buf
+                activated = False
                 if fused:
-                    # r, z: their tanh arguments (halved: sigmoid); n's terms
-                    # W_hn h + b_hn into gb's n part (as unfused, so that the
-                    # tanh over the whole block below reads finite numbers
-                    # there), W_in x_t + b_in into nbuf
-                    _input_step(gb, h_p, w_p, &sw, &si, t, B, nb, G, H, scale)
+                    # r, z: their sigmoids, applied by the product (or their
+                    # tanh arguments, halved); n's terms W_hn h + b_hn into
+                    # gb's n part (as unfused, so that a tanh over the whole
+                    # block below reads finite numbers there), W_in x_t + b_in
+                    # into nbuf
+                    activated = _input_step(gb, h_p, w_p, &sw, &si, t, B, nb, G, H, scale,
+                                            act)
                     if floating is float and nb > 0:
                         fastrnn_sgemm_panels(nb, H, H, <const float*>si.hx, H + D,
                                              <const float*>si.h_panels, gb + 2 * H, G,
@@ -2648,9 +2656,11 @@ def gru_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
                             hnr[j] = ar[2 * H + j] + bn_p[j]
                 # One tanh call per phase over all active rows (the call, not
                 # the arithmetic, dominates at small H): first r, z over the
-                # whole block, the n part of which is junk, overwritten below;
-                # then n, gathered in nbuf.
-                _vtanh(gb, gb, nb * G)
+                # whole block, the n part of which is junk, overwritten below
+                # (unless the product applied their sigmoids); then n,
+                # gathered in nbuf.
+                if not activated:
+                    _vtanh(gb, gb, nb * G)
                 for b in range(nb):
                     if fused:
                         xn = nbuf + b * H
@@ -2659,9 +2669,12 @@ def gru_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
                     ar = gb + b * G
                     hnr = hnb + b * H
                     for j in range(H):
-                        r = half * ar[j] + half
-                        ar[j] = r
-                        ar[H + j] = half * ar[H + j] + half
+                        if activated:
+                            r = ar[j]
+                        else:
+                            r = half * ar[j] + half
+                            ar[j] = r
+                            ar[H + j] = half * ar[H + j] + half
                         nbuf[b * H + j] = xn[j] + r * hnr[j]
                 _vtanh(nbuf, nbuf, nb * H)
                 for b in range(nb):
@@ -2682,6 +2695,7 @@ def gru_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
         _release(hnb)
         _release(nbuf)
         _release(scale)
+        _release(act)
         _free_input(&si, &sw)
 
 
