@@ -741,6 +741,27 @@ cdef extern from *:
        GEMV and GEMM do). */
     #include <stddef.h>
     #include <stdlib.h>
+    /* An operand (k, w1 + w2) of the packed tn product, read in place: its
+       row p is row q = idx[p] (q = p when idx is NULL) of `a` (w1 columns,
+       rows w1 apart), followed, when w2 > 0, by the state h_{t-1} of that
+       row's step t = q / nb and sample b = q % nb: out's row q - nb
+       (forward) or q + nb (reverse), but h0's row b at the sample's first
+       step (t = 0, or in reverse t = lengths[b] - 1); in reverse, a padding
+       row of the last step takes out's own row q (zero past a sample's end,
+       as its gate gradients are). */
+    typedef struct {
+        const int64_t* idx;
+        const float* a;
+        ptrdiff_t w1;
+        const float* out;
+        const float* h0;
+        ptrdiff_t w2;
+        const int64_t* lengths;
+        ptrdiff_t nb;
+        ptrdiff_t T;
+        int reverse;
+    } fastrnn_rows;
+
     /* floats of the panels of a (k, n) operand */
     static size_t fastrnn_panels_size(ptrdiff_t k, ptrdiff_t n) {
         return (size_t)((n + 31) / 32) * 32 * (size_t)k;
@@ -1038,26 +1059,6 @@ cdef extern from *:
             }
         }
     }
-    /* An operand (k, w1 + w2) of the packed tn product, read in place: its
-       row p is row q = idx[p] (q = p when idx is NULL) of `a` (w1 columns,
-       rows w1 apart), followed, when w2 > 0, by the state h_{t-1} of that
-       row's step t = q / nb and sample b = q % nb: out's row q - nb
-       (forward) or q + nb (reverse), but h0's row b at the sample's first
-       step (t = 0, or in reverse t = lengths[b] - 1); in reverse, a padding
-       row of the last step takes out's own row q (zero past a sample's end,
-       as its gate gradients are). */
-    typedef struct {
-        const int64_t* idx;
-        const float* a;
-        ptrdiff_t w1;
-        const float* out;
-        const float* h0;
-        ptrdiff_t w2;
-        const int64_t* lengths;
-        ptrdiff_t nb;
-        ptrdiff_t T;
-        int reverse;
-    } fastrnn_rows;
 
     /* row p of s: in place, or assembled in tmp (w1 + w2 floats) */
     static inline const float* fastrnn_row(const fastrnn_rows* s, ptrdiff_t p, float* tmp) {
@@ -1278,18 +1279,6 @@ cdef extern from *:
     static void fastrnn_sgemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a,
                                  ptrdiff_t lda, const float* b, ptrdiff_t ldb,
                                  float* c, ptrdiff_t ldc, int acc) { abort(); }
-    typedef struct {
-        const int64_t* idx;
-        const float* a;
-        ptrdiff_t w1;
-        const float* out;
-        const float* h0;
-        ptrdiff_t w2;
-        const int64_t* lengths;
-        ptrdiff_t nb;
-        ptrdiff_t T;
-        int reverse;
-    } fastrnn_rows;
     static int fastrnn_tn_rows(ptrdiff_t k, const fastrnn_rows* sa, const fastrnn_rows* sb,
                                float* c, ptrdiff_t ldc, int acc, float* sums) { abort(); }
     static int fastrnn_sgemm_tn_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
