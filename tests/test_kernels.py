@@ -440,6 +440,29 @@ def test_panel_matmul_activation(m, k, n):
     assert np.isnan(kern.panel_matmul(a, w, True, scale=scale, act=act)[-1]).all()
 
 
+@pytest.mark.parametrize("m", [1, 2, 9, 33])
+@pytest.mark.parametrize("k1,k2", [(5, 7), (128, 32), (250, 40), (256, 9), (300, 44),
+                                   (600, 300)])
+def test_panel_matmul_of_two_operands(m, k1, k2):
+    """``[a | a2] @ w.T`` with the left operand read from two arrays (the
+    forwards' ``[h | x_t]``, chunks of 256 columns falling before, across or
+    after the seam): the same sums in the same order as from one array, so
+    bit-identical; one row (blocked rather than the GEMV's split sums)
+    within float32 rounding."""
+    kern = _panels_or_skip()
+    rng = np.random.default_rng(m + k1 + k2)
+    big = rng.standard_normal((m, k1 + 50)).astype(np.float32)
+    a, a2 = big[:, :k1].copy(), rng.standard_normal((m, k2)).astype(np.float32)
+    w = rng.standard_normal((70, k1 + k2)).astype(np.float32)
+    got = kern.panel_matmul(a, w, True, a2=a2)
+    want = kern.panel_matmul(np.hstack([a, a2]), w, True)
+    if m > 1:
+        np.testing.assert_array_equal(got, want)
+    ref = np.hstack([a, a2]).astype(np.float64) @ w.T.astype(np.float64)
+    bound = 2 * (k1 + k2 + 2) * 2.0 ** -24 * (np.abs(np.hstack([a, a2])) @ np.abs(w.T))
+    assert np.all(np.abs(got - ref) <= bound)
+
+
 def test_panel_matmul_rejects_bad_shapes():
     kern = _panels_or_skip()
     a = np.ones((3, 4), np.float32)

@@ -861,20 +861,16 @@ cdef extern from *:
     }
 
     /* The register block of the panel and tn products: for r < mr <= 8,
-       s0[r], s1[r] = the sums over p < k of x[r * xr + p * xp] times the 32
+       s0[r], s1[r] += the sums over p < k of x[r * xr + p * xp] times the 32
        floats at y + p * ldy: all 32 when y is padded (packed panels, read
        whole: masked loads made the S2-sized LSTM forward 10-15% slower),
        else the lanes of masks m0, m1 (zero elsewhere). Per p: two loads of y
        and mr broadcasts of x per 2 * mr fused multiply-adds. Inlined with mr
        and padded constants, so the sums stay in registers. */
     FASTRNN_AVX512 __attribute__((always_inline)) static inline void
-    fastrnn_block_sums(const int mr, ptrdiff_t k, const float* x, ptrdiff_t xr,
-                       ptrdiff_t xp, const float* y, ptrdiff_t ldy, const int padded,
-                       __mmask16 m0, __mmask16 m1, __m512* s0, __m512* s1) {
-        for (int r = 0; r < mr; r++) {
-            s0[r] = _mm512_setzero_ps();
-            s1[r] = _mm512_setzero_ps();
-        }
+    fastrnn_block_acc(const int mr, ptrdiff_t k, const float* x, ptrdiff_t xr,
+                      ptrdiff_t xp, const float* y, ptrdiff_t ldy, const int padded,
+                      __mmask16 m0, __mmask16 m1, __m512* s0, __m512* s1) {
         for (ptrdiff_t p = 0; p < k; p++) {
             __m512 y0 = padded ? _mm512_loadu_ps(y + p * ldy)
                                : _mm512_maskz_loadu_ps(m0, y + p * ldy);
@@ -886,6 +882,18 @@ cdef extern from *:
                 s1[r] = _mm512_fmadd_ps(v, y1, s1[r]);
             }
         }
+    }
+
+    /* fastrnn_block_acc from sums of zero */
+    FASTRNN_AVX512 __attribute__((always_inline)) static inline void
+    fastrnn_block_sums(const int mr, ptrdiff_t k, const float* x, ptrdiff_t xr,
+                       ptrdiff_t xp, const float* y, ptrdiff_t ldy, const int padded,
+                       __mmask16 m0, __mmask16 m1, __m512* s0, __m512* s1) {
+        for (int r = 0; r < mr; r++) {
+            s0[r] = _mm512_setzero_ps();
+            s1[r] = _mm512_setzero_ps();
+        }
+        fastrnn_block_acc(mr, k, x, xr, xp, y, ldy, padded, m0, m1, s0, s1);
     }
 
     /* F(mr, args...) with mr = min(rows, 8) (rows >= 1) a constant, so that
@@ -903,15 +911,17 @@ cdef extern from *:
             }                                                               \
         } while (0)
 
-    /* c (mr, 32) (+)= a (mr, k) @ bp (k, 32), mr <= 8, then add, scale and
-       the activation (see fastrnn_panel_store_act) */
+    /* c (mr, 32) (+)= [a1 | a2] (mr, k1 + k2) @ [bp1; bp2] (k1 + k2, 32), mr <= 8,
+       then add, scale and the activation (see fastrnn_panel_store_act) */
     FASTRNN_AVX512 __attribute__((always_inline)) static inline void
-    fastrnn_panel_block(const int mr, ptrdiff_t k, const float* a, ptrdiff_t lda,
-                  const float* bp, float* c, ptrdiff_t ldc, __mmask16 m0,
+    fastrnn_panel_block(const int mr, ptrdiff_t k1, const float* a1, ptrdiff_t lda1,
+                  const float* bp1, ptrdiff_t k2, const float* a2, ptrdiff_t lda2,
+                  const float* bp2, float* c, ptrdiff_t ldc, __mmask16 m0,
                   __mmask16 m1, int acc, const float* add, ptrdiff_t ldadd,
                   const float* scale, const float* amul, const float* aadd) {
         __m512 s0[8], s1[8];
-        fastrnn_block_sums(mr, k, a, lda, 1, bp, 32, 1, m0, m1, s0, s1);
+        fastrnn_block_sums(mr, k1, a1, lda1, 1, bp1, 32, 1, m0, m1, s0, s1);
+        fastrnn_block_acc(mr, k2, a2, lda2, 1, bp2, 32, 1, m0, m1, s0, s1);
         for (int i = 0; i < mr; i++)
             fastrnn_panel_store_act(s0[i], s1[i], c + i * ldc, acc,
                                     add ? add + i * ldadd : NULL, scale, amul, aadd,
@@ -953,18 +963,21 @@ cdef extern from *:
         }
     }
 
-    /* c (m, n) = (a (m, k) @ B [+ c when acc] [+ add (m, n)]) [* scale (n)],
-       the brackets where given (add rows ldadd apart), then, when act (2n)
+    /* c (m, n) = (A (m, k) @ B [+ c when acc] [+ add (m, n)]) [* scale (n)],
+       A's first k1 columns in a (rows lda apart), the others in a2 (rows
+       lda2 apart: a layer's [h | x_t] read where they lie, not copied into
+       one row), the brackets where given (add rows ldadd apart), then, when act (2n)
        is given, tanh(c) * act[:n] + act[n:]; bp from fastrnn_pack_panels. The
        additions come in that order after the sum over k, so the result
        equals the product stored, then added to. The activation in the
        product's last pass over its block, in registers, spares a pass of
        tanh over the gates in memory. */
-    FASTRNN_AVX512 static void fastrnn_sgemm_panels(
+    FASTRNN_AVX512 static void fastrnn_sgemm_panels2(
             ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdiff_t lda,
+            ptrdiff_t k1, const float* a2, ptrdiff_t lda2,
             const float* bp, float* c, ptrdiff_t ldc, int acc, const float* add,
             ptrdiff_t ldadd, const float* scale, const float* act) {
-        if (m == 1) {
+        if (m == 1 && k1 >= k) {
             fastrnn_panel_row(n, k, a, bp, c, acc, add, scale, act);
             return;
         }
@@ -978,19 +991,34 @@ cdef extern from *:
                     __mmask16 m0, m1;
                     fastrnn_panel_masks(n - j0, &m0, &m1);
                     const float* pb = bp + j0 * k + p0 * 32;
+                    /* the chunk's columns of a, then of a2 (either may be none) */
+                    ptrdiff_t e1 = p0 + kc < k1 ? p0 + kc : k1;
+                    ptrdiff_t k1c = e1 > p0 ? e1 - p0 : 0;
+                    ptrdiff_t s2 = p0 > k1 ? p0 : k1;
+                    ptrdiff_t k2c = p0 + kc > s2 ? p0 + kc - s2 : 0;
                     for (ptrdiff_t i = i0; i < i1; i += 8) {
                         const float* ai = a + i * lda + p0;
+                        const float* a2i = k2c ? a2 + i * lda2 + (s2 - k1) : NULL;
                         float* ci = c + i * ldc + j0;
                         const float* ad = last && add ? add + i * ldadd + j0 : NULL;
                         const float* sc = last && scale ? scale + j0 : NULL;
                         const float* am = last && act ? act + j0 : NULL;
                         const float* aa = last && act ? act + n + j0 : NULL;
-                        FASTRNN_BY_ROWS(i1 - i, fastrnn_panel_block, kc, ai, lda, pb, ci,
+                        FASTRNN_BY_ROWS(i1 - i, fastrnn_panel_block, k1c, ai, lda, pb,
+                                        k2c, a2i, lda2, bp + j0 * k + s2 * 32, ci,
                                         ldc, m0, m1, ac, ad, ldadd, sc, am, aa);
                     }
                 }
             }
         }
+    }
+    /* fastrnn_sgemm_panels2 with all of A's columns in a */
+    FASTRNN_AVX512 static void fastrnn_sgemm_panels(
+            ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdiff_t lda,
+            const float* bp, float* c, ptrdiff_t ldc, int acc, const float* add,
+            ptrdiff_t ldadd, const float* scale, const float* act) {
+        fastrnn_sgemm_panels2(m, n, k, a, lda, k, NULL, 0, bp, c, ldc, acc, add, ldadd,
+                              scale, act);
     }
     /* c (mr, up to 32 columns) (+)= x.T @ y over k rows, x (k, mr) and y
        (k, up to 32) read in place, rows ldx and ldy apart; or, tr, its
@@ -1274,6 +1302,12 @@ cdef extern from *:
                                      float* c, ptrdiff_t ldc, int acc, const float* add,
                                      ptrdiff_t ldadd, const float* scale,
                                      const float* act) { abort(); }
+    static void fastrnn_sgemm_panels2(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                                      const float* a, ptrdiff_t lda, ptrdiff_t k1,
+                                      const float* a2, ptrdiff_t lda2, const float* bp,
+                                      float* c, ptrdiff_t ldc, int acc, const float* add,
+                                      ptrdiff_t ldadd, const float* scale,
+                                      const float* act) { abort(); }
     static float* fastrnn_pack_panels(const float* w, ptrdiff_t k, ptrdiff_t n,
                                       int transposed) { abort(); }
     static void fastrnn_sgemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a,
@@ -1294,6 +1328,11 @@ cdef extern from *:
                               Py_ssize_t lda, const float* bp, float* c, Py_ssize_t ldc,
                               int acc, const float* add, Py_ssize_t ldadd,
                               const float* scale, const float* act) nogil
+    void fastrnn_sgemm_panels2(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a,
+                               Py_ssize_t lda, Py_ssize_t k1, const float* a2,
+                               Py_ssize_t lda2, const float* bp, float* c, Py_ssize_t ldc,
+                               int acc, const float* add, Py_ssize_t ldadd,
+                               const float* scale, const float* act) nogil
     float* fastrnn_pack_panels(const float* w, Py_ssize_t k, Py_ssize_t n,
                                int transposed) nogil
     void fastrnn_sgemm_tn(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a,
@@ -1343,17 +1382,23 @@ def panel_products():
 
 def panel_matmul(const float[:, ::1] a, const float[:, ::1] w, bint transposed,
                  float[:, ::1] out=None, const float[:, ::1] add=None,
-                 const float[::1] scale=None, const float[:, ::1] act=None):
+                 const float[::1] scale=None, const float[:, ::1] act=None,
+                 const float[:, ::1] a2=None):
     """``a @ w.T`` (``transposed``) or ``a @ w`` through the panel product, for
     tests: one packing, one product, added to ``out`` when given (else into a
     new array), then plus ``add`` (same shape as the result) and times
     ``scale`` (one entry per column) when given, then, with ``act`` (2, n),
-    ``tanh(.) * act[0] + act[1]`` by the product's own float32 tanh. Needs
-    :data:`PANELS_AVAILABLE`."""
+    ``tanh(.) * act[0] + act[1]`` by the product's own float32 tanh. With
+    ``a2`` (m, k2), the left operand is ``[a | a2]``, read from both arrays
+    (as the forwards read ``[h | x_t]``). Needs :data:`PANELS_AVAILABLE`."""
     if not PANELS_AVAILABLE:
         raise RuntimeError("panel products need float32 AVX-512 and gcc or clang")
-    cdef Py_ssize_t m = a.shape[0], k = a.shape[1]
+    cdef Py_ssize_t m = a.shape[0], k1 = a.shape[1]
+    cdef Py_ssize_t k = k1 + (a2.shape[1] if a2 is not None else 0)
     cdef Py_ssize_t n = w.shape[0] if transposed else w.shape[1]
+    if a2 is not None and (a2.shape[0] != m or a2.shape[1] == 0 or k1 == 0):
+        raise ValueError(f"panel_matmul: a2 ({a2.shape[0]}, {a2.shape[1]}) beside a "
+                         f"({m}, {k1})")
     if (w.shape[1] if transposed else w.shape[0]) != k or m == 0 or k == 0 or n == 0:
         raise ValueError(f"panel_matmul: shapes ({m}, {k}) and "
                          f"({w.shape[0]}, {w.shape[1]}), transposed={transposed}")
@@ -1375,8 +1420,9 @@ def panel_matmul(const float[:, ::1] a, const float[:, ::1] w, bint transposed,
     if bp == NULL:
         raise MemoryError("cannot allocate the packed weights")
     with nogil:
-        fastrnn_sgemm_panels(m, n, k, &a[0, 0], k, bp, &out[0, 0], n, acc, add_p, n,
-                             scale_p, act_p)
+        fastrnn_sgemm_panels2(m, n, k, &a[0, 0], k1, k1, &a2[0, 0] if a2 is not None else NULL,
+                              a2.shape[1] if a2 is not None else 0, bp, &out[0, 0], n, acc,
+                              add_p, n, scale_p, act_p)
     _release(bp)
     return np.asarray(out)
 
@@ -1559,11 +1605,11 @@ cdef struct _StepInput:
     # _forward_input, in one of two ways.
     # Unfused: every step's terms, from one GEMM over all steps.
     void* gx            # (T, B, G), the caller's array; NULL when fused
-    # Fused (float32 panels): each step stages the rows [h_{t-1} | x_t] in hx
-    # and multiplies them by the panels of [W_hh | W_ih].T (the _StepWeights'
-    # data), for the first ``fused`` gate columns; the GRU's n columns, past
-    # ``fused``, have a panel set for W_hh's rows and one for W_ih's.
-    void* hx            # (B, R + D); NULL when unfused
+    # Fused (float32 panels): each step multiplies the rows [h_{t-1} | x_t],
+    # read where they lie, by the panels of [W_hh | W_ih].T (the
+    # _StepWeights' data), for the first ``fused`` gate columns; the GRU's n
+    # columns, past ``fused``, have a panel set for W_hh's rows and one for
+    # W_ih's.
     Py_ssize_t fused    # 0 when unfused
     void* h_panels      # NULL unless fused < G
     void* x_panels
@@ -1610,7 +1656,7 @@ cdef object _forward_input(_StepInput* si, _StepWeights* sw, const floating* x,
     cdef Py_ssize_t K = R + D, i, r0, r1, n = T * B
     cdef floating* w_cat
     cdef cnp.ndarray terms = None
-    si.gx = si.hx = si.h_panels = si.x_panels = NULL
+    si.gx = si.h_panels = si.x_panels = NULL
     si.fused = 0
     si.x = x
     si.xts = xts
@@ -1635,7 +1681,6 @@ cdef object _forward_input(_StepInput* si, _StepWeights* sw, const floating* x,
                 raise MemoryError("cannot allocate the packed weights")
             sw.panels = True
             si.fused = fused
-            si.hx = _alloc(B * K, sizeof(floating))
             return None
     if dest == NULL:
         terms = np.empty((T, B, G), np.float32 if floating is float else np.float64)
@@ -1660,10 +1705,9 @@ cdef object _forward_input(_StepInput* si, _StepWeights* sw, const floating* x,
 
 cdef void _free_input(_StepInput* si, _StepWeights* sw) noexcept:
     _release(sw.data)
-    _release(si.hx)
     _release(si.h_panels)
     _release(si.x_panels)
-    sw.data = si.hx = si.h_panels = si.x_panels = si.gx = NULL
+    sw.data = si.h_panels = si.x_panels = si.gx = NULL
     sw.panels = False
 
 
@@ -1688,14 +1732,12 @@ cdef inline bint _input_step(floating* c, const floating* h, const floating* w,
     if nb == 0:
         return True
     if floating is float:
-        if si.hx != NULL:
-            for b in range(nb):
-                _copy(<float*>si.hx + b * K, h + b * R, R)
-                _copy(<float*>si.hx + b * K + R,
-                      <const float*>si.x + t * si.xts + b * si.D, si.D)
-            fastrnn_sgemm_panels(nb, si.fused, K, <const float*>si.hx, K,
-                                 <const float*>sw.data, c, G, 0,
-                                 <const float*>si.bias, 0, scale, <const float*>act)
+        if si.fused > 0:
+            # [h | x_t] read where they lie: the step's x rows are contiguous
+            fastrnn_sgemm_panels2(nb, si.fused, K, h, R, R,
+                                  <const float*>si.x + t * si.xts, si.D,
+                                  <const float*>sw.data, c, G, 0,
+                                  <const float*>si.bias, 0, scale, <const float*>act)
             return act != NULL
     gt = <const floating*>si.gx + t * B * G
     in_place = gt == c
@@ -1870,10 +1912,11 @@ def weight_product(const float[:, ::1] dg, const int64_t[::1] rows,
     sa.lengths = NULL
     sa.nb = sa.T = 1
     sa.reverse = sb.reverse = reverse
-    sb.a = &x[0, 0] if x is not None else NULL
+    # (a zero-width x or out is as good as None, and has no [0, 0])
+    sb.a = &x[0, 0] if w1 > 0 else NULL
     sb.w1 = w1
-    sb.out = &out[0, 0] if out is not None else NULL
-    sb.h0 = &h0[0, 0] if out is not None else NULL
+    sb.out = &out[0, 0] if w2 > 0 else NULL
+    sb.h0 = &h0[0, 0] if w2 > 0 else NULL
     sb.w2 = w2
     sb.lengths = &lengths[0] if out is not None else NULL
     sb.nb = B if out is not None else 1
@@ -2128,7 +2171,7 @@ def rnn_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
     cdef object terms             # unfused, with out's steps apart: the input terms
     cdef _StepWeights sw
     cdef _StepInput si
-    sw.data = si.hx = si.gx = si.h_panels = si.x_panels = NULL
+    sw.data = si.gx = si.h_panels = si.x_panels = NULL
     try:
         buf = <floating*>_alloc(B * H, sizeof(floating))
         # unfused, a contiguous out holds the input terms until each step
@@ -2274,7 +2317,7 @@ def lstm_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
     cdef object terms             # unfused, in eval: the input terms of all steps
     cdef _StepWeights sw
     cdef _StepInput si
-    sw.data = si.hx = si.gx = si.h_panels = si.x_panels = NULL
+    sw.data = si.gx = si.h_panels = si.x_panels = NULL
     try:
         if not training:
             buf = <floating*>_alloc(B * G, sizeof(floating))
@@ -2589,14 +2632,14 @@ def gru_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
     cdef bint fused, activated
     cdef _StepWeights sw
     cdef _StepInput si
-    sw.data = si.hx = si.gx = si.h_panels = si.x_panels = NULL
+    sw.data = si.gx = si.h_panels = si.x_panels = NULL
     try:
         if not training:
             buf = <floating*>_alloc(B * G, sizeof(floating))
         # fused, only r and z: n's input term stays apart from its recurrent one
         terms = _forward_input(&si, &sw, &x[0, 0, 0], xts, &w_ih[0, 0], bias_p, w_p, T,
                                B, D, G, H, len_p, NULL, 2 * H)
-        fused = si.hx != NULL
+        fused = si.fused > 0
         gx_p = <const floating*>si.gx
         hnb = <floating*>_alloc(B * H, sizeof(floating))
         nbuf = <floating*>_alloc(B * H, sizeof(floating))
@@ -2624,10 +2667,10 @@ def gru_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
                     activated = _input_step(gb, h_p, w_p, &sw, &si, t, B, nb, G, H, scale,
                                             act)
                     if floating is float and nb > 0:
-                        fastrnn_sgemm_panels(nb, H, H, <const float*>si.hx, H + D,
+                        fastrnn_sgemm_panels(nb, H, H, <const float*>h_p, H,
                                              <const float*>si.h_panels, gb + 2 * H, G,
                                              0, bn_p, 0, NULL, NULL)
-                        fastrnn_sgemm_panels(nb, H, D, <const float*>si.hx + H, H + D,
+                        fastrnn_sgemm_panels(nb, H, D, <const float*>si.x + t * si.xts, D,
                                              <const float*>si.x_panels, nbuf, H, 0,
                                              bias_p + 2 * H, 0, NULL, NULL)
                     for b in range(nb):
