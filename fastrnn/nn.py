@@ -767,28 +767,31 @@ class _RNNBase:
         RNN 0.93, GRU 0.94-1.02; S7 LSTM 0.91, GRU 0.84-0.93, RNN 0.88-0.91;
         S6 0.96-1.01; S4, whose products stay small, unchanged."""
         T, B, GH = dg.shape
+        dg2 = dg.reshape(T * B, GH)
         D = 0 if inp is None else inp.shape[2]
-        got = weight_product(dg.reshape(T * B, GH), rows,
-                             None if inp is None else inp.reshape(T * B, D),
+        got = weight_product(dg2, rows, None if inp is None else inp.reshape(T * B, D),
                              None if out is None else out.reshape(T * B, out.shape[2]),
                              h0, lengths, reverse, bias)
         if got is not None:
             g_w, g_b = got
-            if inp is None or out is None:
-                return (g_w, None, g_b) if out is None else (None, g_w, g_b)
-            return np.ascontiguousarray(g_w[:, :D]), np.ascontiguousarray(g_w[:, D:]), g_b
-        dg_rows = _rows(dg.reshape(T * B, GH), rows)
-        g_b = column_sums(dg_rows) if bias else None
-        if inp is not None and out is not None and _merges_weight_grads(GH, D,
-                                                                        out.shape[2]):
+        else:
+            dg_rows = _rows(dg2, rows)
+            g_b = column_sums(dg_rows) if bias else None
+            if inp is None or out is None or not _merges_weight_grads(GH, D,
+                                                                      out.shape[2]):
+                g_ih = None if inp is None else matmul(
+                    dg_rows, _rows(inp.reshape(T * B, D), rows), trans_a=True)
+                g_hh = None if out is None else _RNNBase._grad_w_hh(
+                    dg, dg_rows, rows, out, h0, lengths, reverse)
+                return g_ih, g_hh, g_b
             g_w = matmul(dg_rows, _RNNBase._inputs_and_states(inp, out, h0, rows, lengths,
                                                               reverse), trans_a=True)
-            return np.ascontiguousarray(g_w[:, :D]), np.ascontiguousarray(g_w[:, D:]), g_b
-        g_ih = None if inp is None else matmul(dg_rows, _rows(inp.reshape(T * B, D), rows),
-                                               trans_a=True)
-        g_hh = None if out is None else _RNNBase._grad_w_hh(dg, dg_rows, rows, out, h0,
-                                                            lengths, reverse)
-        return g_ih, g_hh, g_b
+        # one product for both weights, or for the one whose operand was given
+        if inp is None:
+            return None, g_w, g_b
+        if out is None:
+            return g_w, None, g_b
+        return np.ascontiguousarray(g_w[:, :D]), np.ascontiguousarray(g_w[:, D:]), g_b
 
     @staticmethod
     def _inputs_and_states(inp, out, h0, rows, lengths, reverse):

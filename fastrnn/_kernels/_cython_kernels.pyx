@@ -799,7 +799,8 @@ cdef extern from *:
     FASTRNN_AVX512 __attribute__((always_inline)) static inline __m512
     fastrnn_tanh_ps(__m512 x) {
         const __m512 lim = _mm512_set1_ps(7.90531110763549805f);
-        x = _mm512_min_ps(lim, _mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), lim), x));
+        const __m512 nlim = _mm512_set1_ps(-7.90531110763549805f);
+        x = _mm512_min_ps(lim, _mm512_max_ps(nlim, x));
         __m512 x2 = _mm512_mul_ps(x, x);
         __m512 p = _mm512_set1_ps(-2.76076847742355e-16f);
         p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(2.00018790482477e-13f));
@@ -819,8 +820,8 @@ cdef extern from *:
         __m512 r = _mm512_mul_ps(_mm512_mul_ps(x, p), inv);
         r = _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(x, lim, _CMP_GE_OQ),
                                _mm512_set1_ps(1.0f));
-        return _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(
-            x, _mm512_sub_ps(_mm512_setzero_ps(), lim), _CMP_LE_OQ), _mm512_set1_ps(-1.0f));
+        return _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(x, nlim, _CMP_LE_OQ),
+                                  _mm512_set1_ps(-1.0f));
     }
 
     /* a panel row's end: v, plus c (acc), plus add, times scale (each when
@@ -1012,14 +1013,6 @@ cdef extern from *:
             }
         }
     }
-    /* fastrnn_sgemm_panels2 with all of A's columns in a */
-    FASTRNN_AVX512 static void fastrnn_sgemm_panels(
-            ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdiff_t lda,
-            const float* bp, float* c, ptrdiff_t ldc, int acc, const float* add,
-            ptrdiff_t ldadd, const float* scale, const float* act) {
-        fastrnn_sgemm_panels2(m, n, k, a, lda, k, NULL, 0, bp, c, ldc, acc, add, ldadd,
-                              scale, act);
-    }
     /* c (mr, up to 32 columns) (+)= x.T @ y over k rows, x (k, mr) and y
        (k, up to 32) read in place, rows ldx and ldy apart; or, tr, its
        transpose into c's columns r (c[j * ldc + r]) */
@@ -1129,65 +1122,43 @@ cdef extern from *:
     /* rows p0 .. p0 + kc - 1 of s (w columns) into blocks of `width` (8 or
        32) columns, block i at dst + i * kc, its rows `width` apart, zeros
        past w; and, when sums (w) is given, their sum added to it. Four rows
-       at a time: the additions to sums then do not wait on each other row
-       by row (with them, a row at a time made the whole product 1.2-1.35
-       times slower), and the product without sums took 0.85-1.0 of the
-       time too. */
+       at a time (assembled, where they are, in tmp's four rows of w): the
+       additions to sums then do not wait on each other row by row (with
+       them, a row at a time made the whole product 1.2-1.35 times slower),
+       and the product without sums took 0.85-1.0 of the time too. */
     FASTRNN_AVX512 static void fastrnn_pack_rows(const fastrnn_rows* s, ptrdiff_t p0,
                                                  ptrdiff_t kc, const int width,
                                                  float* dst, float* tmp, float* sums) {
-        ptrdiff_t w = s->w1 + s->w2, p = 0;
+        ptrdiff_t w = s->w1 + s->w2;
         int empty_half = width == 32 && (w % 32 != 0) && (w % 32) <= 16;
-        for (; p < kc; p++) {
-            if (p + 4 <= kc) {
-                /* four rows; a row assembled in tmp is copied out before the next */
-                const float* r[4];
-                float* t4 = tmp + (s->w1 + s->w2 + 15) / 16 * 16;
-                for (int u = 0; u < 4; u++) {
-                    r[u] = fastrnn_row(s, p0 + p + u, t4 + u * w);
-                }
-                for (ptrdiff_t i = 0; i < w; i += 16) {
-                    __mmask16 mk = w - i >= 16 ? (__mmask16)0xFFFF
-                                   : (__mmask16)((1u << (w - i)) - 1u);
-                    __m512 v0 = _mm512_maskz_loadu_ps(mk, r[0] + i);
-                    __m512 v1 = _mm512_maskz_loadu_ps(mk, r[1] + i);
-                    __m512 v2 = _mm512_maskz_loadu_ps(mk, r[2] + i);
-                    __m512 v3 = _mm512_maskz_loadu_ps(mk, r[3] + i);
-                    fastrnn_pack_group(v0, i, w, width, kc, p, dst);
-                    fastrnn_pack_group(v1, i, w, width, kc, p + 1, dst);
-                    fastrnn_pack_group(v2, i, w, width, kc, p + 2, dst);
-                    fastrnn_pack_group(v3, i, w, width, kc, p + 3, dst);
-                    if (sums) {
-                        __m512 v = _mm512_add_ps(_mm512_add_ps(v0, v1), _mm512_add_ps(v2, v3));
-                        _mm512_mask_storeu_ps(sums + i, mk, _mm512_add_ps(
-                            v, _mm512_maskz_loadu_ps(mk, sums + i)));
-                    }
-                }
-                for (int u = 0; u < 4; u++)
-                    if (empty_half)
-                        _mm512_storeu_ps(dst + (w / 32) * 32 * kc + (p + u) * 32 + 16,
-                                         _mm512_setzero_ps());
-                p += 3;
-                continue;
-            }
-            const float* row = fastrnn_row(s, p0 + p, tmp);
+        for (ptrdiff_t p = 0; p < kc; p += 4) {
+            int nr = kc - p < 4 ? (int)(kc - p) : 4;
+            const float* r[4];
+            for (int u = 0; u < nr; u++)
+                r[u] = fastrnn_row(s, p0 + p + u, tmp + u * w);
             for (ptrdiff_t i = 0; i < w; i += 16) {
                 __mmask16 mk = w - i >= 16 ? (__mmask16)0xFFFF
                                : (__mmask16)((1u << (w - i)) - 1u);
-                __m512 v = _mm512_maskz_loadu_ps(mk, row + i);
+                __m512 sum = _mm512_setzero_ps();
+                for (int u = 0; u < nr; u++) {
+                    __m512 v = _mm512_maskz_loadu_ps(mk, r[u] + i);
+                    fastrnn_pack_group(v, i, w, width, kc, p + u, dst);
+                    sum = _mm512_add_ps(sum, v);
+                }
                 if (sums)
                     _mm512_mask_storeu_ps(sums + i, mk, _mm512_add_ps(
-                        v, _mm512_maskz_loadu_ps(mk, sums + i)));
-                fastrnn_pack_group(v, i, w, width, kc, p, dst);
+                        sum, _mm512_maskz_loadu_ps(mk, sums + i)));
             }
             if (empty_half)
-                _mm512_storeu_ps(dst + (w / 32) * 32 * kc + p * 32 + 16, _mm512_setzero_ps());
+                for (int u = 0; u < nr; u++)
+                    _mm512_storeu_ps(dst + (w / 32) * 32 * kc + (p + u) * 32 + 16,
+                                     _mm512_setzero_ps());
         }
     }
 
     /* c (m, n) = A.T @ B (+ c when acc) over k rows, A (k, m) and B (k, n)
        given by sa and sb (m and n their widths); sums (m), when given, gets
-       A's column sums, added in the same order as the product's. The
+       A's column sums (added up four rows at a time, see fastrnn_pack_rows). The
        register blocks of fastrnn_sgemm_tn, for large products (an S3 LSTM
        slice's weight gradients are (3200, 512).T @ (3200, 160)): each chunk
        of FASTRNN_TNP_KC rows of both operands is first copied into blocks of
@@ -1211,8 +1182,8 @@ cdef extern from *:
         ptrdiff_t mx8 = (mx + 7) / 8 * 8, ny32 = (ny + 31) / 32 * 32;
         float* px = (float*)fastrnn_work_alloc((size_t)(kc0 * mx8) * sizeof(float));
         float* py = (float*)fastrnn_work_alloc((size_t)(kc0 * ny32) * sizeof(float));
-        /* room for the four rows of fastrnn_pack_rows after a rounded first */
-        float* tmp = (float*)fastrnn_work_alloc((size_t)(5 * (mx + ny) + 16) * sizeof(float));
+        /* four rows of either operand (see fastrnn_pack_rows) */
+        float* tmp = (float*)fastrnn_work_alloc((size_t)(4 * (mx + ny)) * sizeof(float));
         if (px == NULL || py == NULL || tmp == NULL) {
             fastrnn_work_free(px);
             fastrnn_work_free(py);
@@ -1242,15 +1213,6 @@ cdef extern from *:
         return 1;
     }
 
-    /* fastrnn_sgemm_tn's product on fastrnn_tn_rows, a (k, m) and b (k, n)
-       C-contiguous */
-    static int fastrnn_sgemm_tn_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
-                                       const float* a, const float* b, float* c,
-                                       int acc) {
-        fastrnn_rows sa = {NULL, a, m, NULL, NULL, 0, NULL, 1, 1, 0};
-        fastrnn_rows sb = {NULL, b, n, NULL, NULL, 0, NULL, 1, 1, 0};
-        return fastrnn_tn_rows(k, &sa, &sb, c, n, acc, NULL);
-    }
     FASTRNN_AVX512 static void fastrnn_pack_avx512(const float* w, ptrdiff_t k,
                                                    ptrdiff_t n, int transposed,
                                                    float* bp) {
@@ -1297,11 +1259,6 @@ cdef extern from *:
     #else
     #define FASTRNN_HAS_PANELS 0
     static int fastrnn_panels_cpu(void) { return 0; }
-    static void fastrnn_sgemm_panels(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
-                                     const float* a, ptrdiff_t lda, const float* bp,
-                                     float* c, ptrdiff_t ldc, int acc, const float* add,
-                                     ptrdiff_t ldadd, const float* scale,
-                                     const float* act) { abort(); }
     static void fastrnn_sgemm_panels2(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                                       const float* a, ptrdiff_t lda, ptrdiff_t k1,
                                       const float* a2, ptrdiff_t lda2, const float* bp,
@@ -1315,10 +1272,26 @@ cdef extern from *:
                                  float* c, ptrdiff_t ldc, int acc) { abort(); }
     static int fastrnn_tn_rows(ptrdiff_t k, const fastrnn_rows* sa, const fastrnn_rows* sb,
                                float* c, ptrdiff_t ldc, int acc, float* sums) { abort(); }
+    #endif
+
+    /* fastrnn_sgemm_panels2 with all of A's columns in a */
+    static void fastrnn_sgemm_panels(
+            ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdiff_t lda,
+            const float* bp, float* c, ptrdiff_t ldc, int acc, const float* add,
+            ptrdiff_t ldadd, const float* scale, const float* act) {
+        fastrnn_sgemm_panels2(m, n, k, a, lda, k, NULL, 0, bp, c, ldc, acc, add, ldadd,
+                              scale, act);
+    }
+
+    /* fastrnn_sgemm_tn's product on fastrnn_tn_rows, a (k, m) and b (k, n)
+       C-contiguous */
     static int fastrnn_sgemm_tn_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                                        const float* a, const float* b, float* c,
-                                       int acc) { abort(); }
-    #endif
+                                       int acc) {
+        fastrnn_rows sa = {NULL, a, m, NULL, NULL, 0, NULL, 1, 1, 0};
+        fastrnn_rows sb = {NULL, b, n, NULL, NULL, 0, NULL, 1, 1, 0};
+        return fastrnn_tn_rows(k, &sa, &sb, c, n, acc, NULL);
+    }
 
 
     """
@@ -2188,8 +2161,8 @@ def rnn_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
         # the copy of every step's state into out is gone (alternating
         # processes: S2 RNN 0.92-1.02 of the time over eight rounds, S3
         # 0.98-1.00, S7 0.96-1.00). Unfused, out may hold the input terms; in
-        # reverse, the
-        # samples that start late take h0 beside the others' outputs.
+        # reverse, the samples that start late take h0 beside the others'
+        # outputs.
         direct = si.fused > 0 and not reverse
         hs = h_p
         with nogil:
