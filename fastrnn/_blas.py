@@ -26,9 +26,11 @@ try:
     from ._kernels._cython_kernels import FLUSH_DENORMALS_BITS as _FTZ_BITS
     from ._kernels._cython_kernels import set_flush_denormals as _set_ftz
     from ._kernels._cython_kernels import weight_product as _weight_product
+    from ._kernels._cython_kernels import set_row_split as _set_row_split
+    from ._kernels._cython_kernels import input_gradient as _input_gradient
 except ImportError:  # extension not built: NumPy's BLAS and indexing, subnormals kept
     _gemm = _take_rows = _put_rows = _column_sums = _set_ftz = _FTZ_BITS = None
-    _weight_product = None
+    _weight_product = _set_row_split = _input_gradient = None
 
 _INT32_MAX = 2 ** 31 - 1
 
@@ -151,3 +153,31 @@ def flush_denormals():
         yield
     finally:
         _set_ftz(was)  # both bits as they were, not merely "on" or "off"
+
+
+@contextmanager
+def row_split(on=True):
+    """Let the Cython kernels called from this thread while inside run part of
+    their batch's rows on the extension's helper thread (``on``; else not),
+    as :func:`fastrnn._kernels._cython_kernels.set_row_split` describes;
+    restored on exit. A no-op without the extension."""
+    if _set_row_split is None:
+        yield
+        return
+    was = _set_row_split(on)
+    try:
+        yield
+    finally:
+        _set_row_split(was)
+
+
+def input_gradient(dg, w_ih, lengths, dx, accumulate):
+    """``dx (T, B, D) (+)= dg (T, B, G) @ w_ih (G, D)`` split by samples over the
+    Cython extension's helper thread, as the kernels split them
+    (:func:`fastrnn._kernels._cython_kernels.input_gradient`); False, having
+    done nothing, where that does not apply (then :func:`matmul` serves)."""
+    if (_input_gradient is None or dg.dtype != np.float32 or w_ih.dtype != np.float32
+            or not dx.flags.c_contiguous):
+        return False
+    return _input_gradient(np.ascontiguousarray(dg), np.ascontiguousarray(w_ih),
+                           lengths, dx, accumulate)

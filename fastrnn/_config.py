@@ -154,10 +154,16 @@ def batch_threads(batch_size):
     """
     if batch_size < 2 * MIN_SAMPLES_PER_THREAD:
         return 1
+    return max(1, min(available_threads(), batch_size // MIN_SAMPLES_PER_THREAD))
+
+
+def available_threads():
+    """Threads a layer may use: as set by :func:`layer_threads`, else as many
+    as BLAS may use."""
     n = _layer_threads.get()
     if n is None:
         n = max((lib.num_threads for lib in _blas_controllers()), default=1)
-    return max(1, min(n, batch_size // MIN_SAMPLES_PER_THREAD))
+    return n
 
 
 @contextmanager

@@ -19,8 +19,8 @@ from functools import reduce
 import numpy as np
 
 from . import _config, _kernels
-from ._blas import (column_sums, flush_denormals, matmul, put_rows, take_rows,
-                    weight_product)
+from ._blas import (column_sums, flush_denormals, input_gradient, matmul, put_rows,
+                    row_split, take_rows, weight_product)
 from ._memory import reuse_array_memory
 from ._validation import as_float_array, as_random_state, check_lengths
 
@@ -121,15 +121,16 @@ def _join(parts, index=None):
     return whole
 
 
-def _batch_parts(B, lengths=None):
+def _batch_parts(B, lengths=None, split_rows=False):
     """The batch in parts, one per thread: several only for a large batch
-    (see :func:`fastrnn._config.batch_threads`). Slices, which the kernels
+    (see :func:`fastrnn._config.batch_threads`), and none where the kernels
+    split their rows themselves (``split_rows``, see :func:`_map_parts`). Slices, which the kernels
     read and write in place in eval mode; but for ragged ``lengths`` (not all
     equal), int64 arrays of sample positions, gathered and placed back: every n-th sample in order
     of length, so that the threads get about the same number of steps and
     each part comes sorted (contiguous halves of S7's batch held 1,579 and
     1,780 steps, dealt by length 1,703 and 1,656)."""
-    n = _config.batch_threads(B)
+    n = 1 if split_rows else _config.batch_threads(B)
     if n == 1:  # the common case, on every call's path: no linspace
         return [slice(0, B)]
     if lengths is not None and lengths.min() != lengths.max():
@@ -138,10 +139,12 @@ def _batch_parts(B, lengths=None):
     return [slice(B * i // n, B * (i + 1) // n) for i in range(n)]
 
 
-def _map_parts(fn, items):
+def _map_parts(fn, items, split_rows=False):
     """``[fn(item) for item in items]``: when there are several, the calling
     thread and the kept pool's threads (:func:`fastrnn._config.thread_pool`)
-    take one each, BLAS on one thread meanwhile.
+    take one each, BLAS on one thread meanwhile. With one, the Cython
+    kernels split their rows over their helper thread where ``split_rows``
+    (see :meth:`_RNNBase._splits_rows`).
 
     The samples of a batch are independent, so each thread runs the whole
     network over its slice with no synchronisation, where BLAS's own threads
@@ -158,7 +161,8 @@ def _map_parts(fn, items):
             return run(item)
 
     if len(items) == 1:
-        return [run(items[0])]
+        with row_split(split_rows):
+            return [run(items[0])]
     with _config.single_threaded_blas():
         pool = _config.thread_pool(len(items) - 1)
         tasks = [pool.start(run_in_pool, item) for item in items[1:]]
@@ -384,7 +388,8 @@ class _RNNBase:
         h0, c0 = self._check_hx(hx, B, unbatched)
         masks = self._dropout_masks(T, B)
 
-        parts = _batch_parts(B, lengths)
+        split_rows = self._splits_rows()
+        parts = _batch_parts(B, lengths, split_rows)
         index = None if isinstance(parts[0], slice) else parts
         # Split over threads, each part places its output in the whole batch's
         # itself, the threads' copies running side by side, instead of the
@@ -408,17 +413,38 @@ class _RNNBase:
                 dest[...] = res[0]
             return (None,) + res[1:]
 
-        results = _map_parts(run, parts)
+        results = _map_parts(run, parts, split_rows)
         joined, h_n, c_n = (_join(r, index) for r in list(zip(*results))[:3])
         out = joined if out is None else out
         if self.training:
             self._cache = dict(parts=list(zip(parts, (r[3] for r in results))),
-                               shape=(T, B), unbatched=unbatched)
+                               shape=(T, B), unbatched=unbatched, split_rows=split_rows)
         output = self._to_user_layout(out, unbatched)
         h_n = self._state_to_user(h_n, unbatched)
         if self._cell == "lstm":
             return output, (h_n, self._state_to_user(c_n, unbatched))
         return output, h_n
+
+    def _splits_rows(self):
+        """Whether this layer's calls run whole on the calling thread, each
+        kernel splitting its samples' rows with the Cython extension's helper
+        thread (float32 on the panels, two threads or more allowed), rather
+        than split the batch over Python threads (:func:`_batch_parts`).
+
+        The batch slices run whole layers on Python threads, which hand the
+        GIL back and forth around every NumPy call and kernel; on these virtual
+        machines each hand-over to a blocked thread takes 50-100 us, which put
+        0.2-0.45 ms into every split call (S3 LSTM T=10: 1.85 ms on two
+        threads, 1.26 ms for one half on one thread). The helper needs no GIL.
+        The same tree, the one way against the other (alternating processes,
+        medians): S3 LSTM 11.1 ms against 11.6, GRU 8.9 against 9.6, RNN 2.6
+        against 3.1; S7 LSTM 7.0 against 7.4, RNN 2.1 against 2.4; S2 GRU 10.8
+        against 11.8; and S4, whose 32 samples did not split at all, LSTM
+        0.51 ms against 0.68, GRU 0.45 against 0.60."""
+        if self.dtype != np.float32 or _config.available_threads() < 2:
+            return False
+        kernels = _kernels.get_kernels(self.backend)
+        return bool(getattr(kernels, "HAS_ROW_SPLIT", False)) and kernels.panel_products()
 
     def _dropout_masks(self, T, B):
         """Per layer, the inverted-dropout mask on its input (T, B, F), or None:
@@ -645,7 +671,7 @@ class _RNNBase:
 
         parts = [part for part, _ in cache["parts"]]
         index = None if isinstance(parts[0], slice) else parts
-        results = _map_parts(run, cache["parts"])
+        results = _map_parts(run, cache["parts"], cache["split_rows"])
         grads = [r[0] for r in results]
         self.grads = {name: reduce(np.add, (g[name] for g in grads))
                       for name in self._params}
@@ -736,9 +762,14 @@ class _RNNBase:
                 if self.bias:
                     grads[f"bias_ih_{sfx}"] = g_b
                     grads[f"bias_hh_{sfx}"] = g_bh
-                dgx2 = dgx.reshape(T * B, G * H)
                 if need_dx:
-                    dx = matmul(dgx2, w_ih, out=dx, accumulate=dx is not None)
+                    # each sample's rows on the thread that wrote its dgx
+                    # (with the row split on), else one product over all
+                    acc = dx is not None
+                    if dx is None:
+                        dx = np.empty((T * B, D), dt)
+                    if not input_gradient(dgx, w_ih, lengths, dx.reshape(T, B, D), acc):
+                        matmul(dgx.reshape(T * B, G * H), w_ih, out=dx, accumulate=acc)
             if need_dx:
                 dx = dx.reshape(T, B, D)
                 if layer["mask"] is not None:

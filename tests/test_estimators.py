@@ -1148,9 +1148,9 @@ def test_n_jobs_splits_batches_and_learns_the_same_model(monkeypatch, Est):
     splits = []
     map_parts = nn_module._map_parts
 
-    def spy(fn, items):
+    def spy(fn, items, split_rows=False):
         splits.append(len(items))
-        return map_parts(fn, items)
+        return map_parts(fn, items, split_rows)
 
     monkeypatch.setattr(nn_module, "_map_parts", spy)
     rng = np.random.RandomState(0)
@@ -1168,6 +1168,46 @@ def test_n_jobs_splits_batches_and_learns_the_same_model(monkeypatch, Est):
     p_one, p_two = one.predict(X), two.predict(X)
     assert 2 in splits
     np.testing.assert_allclose(p_two, p_one, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("Est", [RNNClassifier, RNNRegressor])
+def test_n_jobs_splits_kernel_rows_in_float32(monkeypatch, Est):
+    """In float32 (the Cython kernels on their panels), n_jobs=2 runs every
+    call whole on the calling thread, each kernel splitting its rows with the
+    extension's helper thread, and fits the model n_jobs=1 fits, to float32
+    rounding; n_jobs=1 splits nothing."""
+    import fastrnn.nn as nn_module
+    from fastrnn._kernels import available_backends, get_kernels
+
+    if "cython" not in available_backends():
+        pytest.skip("SKIPPED LOUDLY: the Cython extension is not built")
+    kern = get_kernels("cython")
+    if not (kern.HAS_ROW_SPLIT and kern.panel_products()):
+        pytest.skip("SKIPPED LOUDLY: no helper thread or no AVX-512 panels here")
+    calls = []
+    map_parts = nn_module._map_parts
+
+    def spy(fn, items, split_rows=False):
+        calls.append((len(items), split_rows))
+        return map_parts(fn, items, split_rows)
+
+    monkeypatch.setattr(nn_module, "_map_parts", spy)
+    bounds = kern._set_split_bounds(2, 0)  # split the test's small batches too
+    try:
+        rng = np.random.RandomState(0)
+        X = rng.standard_normal((40, 9, 3)).astype(np.float32)
+        y = (X[:, -1, 0] > 0).astype(int) if Est is RNNClassifier else X[:, :, 1].sum(1)
+        params = dict(hidden_layer_sizes=(6,), batch_size=20, max_iter=5, random_state=0,
+                      bidirectional=True)
+        one = Est(n_jobs=1, **params).fit(X, y)
+        assert set(calls) == {(1, False)}
+        calls.clear()
+        two = Est(n_jobs=2, **params).fit(X, y)
+        assert set(calls) == {(1, True)}, calls
+    finally:
+        kern._set_split_bounds(*bounds)
+    np.testing.assert_allclose(two.loss_curve_, one.loss_curve_, rtol=1e-4)
+    np.testing.assert_allclose(two.predict(X), one.predict(X), rtol=1e-3, atol=1e-4)
 
 
 def test_n_jobs_zero_is_refused():

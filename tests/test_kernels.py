@@ -481,3 +481,140 @@ def test_panel_matmul_rejects_bad_shapes():
 
 def test_reference_is_always_available():
     assert "reference" in available_backends()
+
+
+# ------------------------------------------------ rows on the helper thread
+
+cython_kernels = pytest.importorskip("fastrnn._kernels._cython_kernels") \
+    if "cython" in available_backends() else None
+
+
+# split against one thread: float32 rounding of the one-row product
+SPLIT_TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture
+def split_small_calls():
+    """The Cython kernels called from this thread hand rows to their helper
+    thread even for the tests' small calls (at least 2 rows a side)."""
+    if cython_kernels is None or not cython_kernels.HAS_ROW_SPLIT:
+        pytest.skip("the Cython extension with its helper thread is not built here")
+    bounds = cython_kernels._set_split_bounds(2, 0)
+    was = cython_kernels.set_row_split(True)
+    try:
+        yield cython_kernels
+    finally:
+        cython_kernels.set_row_split(was)
+        cython_kernels._set_split_bounds(*bounds)
+
+
+def _run_all(k, cell, c, reverse, relu):
+    """Training forward and backward, then an inference forward and one into
+    a batch slice of a larger output (steps apart), of case ``c``."""
+    res = _run(k, cell, c, reverse, relu)
+    res.update({"eval " + n: v for n, v in _inference(k, cell, c, reverse, relu).items()})
+    T, B, R = c["T"], c["B"], c["R"]
+    big = np.full((T, 2 * B, R), 7, c["x"].dtype)
+    res["eval h slice"] = _forward(k, cell, c, reverse, relu, big[:, :B], False)
+    res["eval out slice"] = big
+    return res
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("lengths", ["full", "ragged", "one long"])
+@pytest.mark.parametrize("cell,opts,relu", VARIANTS)
+def test_rows_on_the_helper_thread(split_small_calls, cell, opts, relu, reverse, lengths):
+    """With the split on, every float32 kernel gives what it gives on one
+    thread, up to the last bits: each sample's arithmetic is the same but
+    where a side has a single active row, whose product takes the one-row
+    path. Lengths all equal, ragged, and one long sample among short ones
+    (the split then leaves the minimum of rows on one side); the backward
+    with and without an output gradient. Peepholes and projections run on
+    one thread (their sums and BLAS products), and must not break."""
+    k = split_small_calls
+    c = _case(cell, np.float32, seed=11, B=9, T=8, ragged=lengths == "ragged", **opts)
+    if lengths == "one long":
+        c["lengths"] = np.array([8] + [1] * 8, np.int64)
+    k.set_row_split(False)
+    want = _run_all(k, cell, c, reverse, relu)
+    k.set_row_split(True)
+    got = _run_all(k, cell, c, reverse, relu)
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, err_msg=name, **SPLIT_TOL)
+    c["dout"] = np.zeros((0, 0, 0), np.float32)
+    want = _run(k, cell, c, reverse, relu)
+    k.set_row_split(False)
+    got = _run(k, cell, c, reverse, relu)
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, err_msg="no dout " + name, **SPLIT_TOL)
+
+
+def test_rows_on_the_helper_thread_match_the_reference(split_small_calls):
+    """The split calls against the NumPy reference too (not only against
+    themselves), every cell, both directions, ragged, at a size where the
+    forwards fuse their input projection."""
+    for cell, opts, relu in VARIANTS:
+        for reverse in (False, True):
+            c = _case(cell, np.float32, seed=12, B=16, T=20, ragged=True, **opts)
+            want = _run(reference, cell, c, reverse, relu)
+            got = _run(split_small_calls, cell, c, reverse, relu)
+            for name, value in want.items():
+                np.testing.assert_allclose(got[name], value, err_msg=f"{cell} {name}",
+                                           **TOL[np.float32])
+
+
+def test_rows_on_the_helper_thread_from_several_threads(split_small_calls):
+    """Threads calling kernels at once share the one helper: a call that finds
+    it taken runs on its own thread, and every result is still right."""
+    import threading
+
+    k = split_small_calls
+    cases = [_case(cell, np.float32, seed=20 + i, B=12, T=16, ragged=i % 2 == 1, **opts)
+             for i, (cell, opts, relu) in enumerate(VARIANTS)]
+    k.set_row_split(False)
+    want = [_run(k, cell, c, False, relu) for (cell, _, relu), c in zip(VARIANTS, cases)]
+    errors = []
+
+    def work(i):
+        cell, _, relu = VARIANTS[i]
+        was = k.set_row_split(True)  # per thread
+        try:
+            for _ in range(20):
+                got = _run(k, cell, cases[i], False, relu)
+                for name, value in want[i].items():
+                    if not np.allclose(got[name], value, **SPLIT_TOL):
+                        errors.append((cell, name))
+        finally:
+            k.set_row_split(was)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(cases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_rows_on_the_helper_thread_after_fork(split_small_calls):
+    """A forked child has no helper thread: it starts its own and splits its
+    calls as the parent does, with the same results."""
+    k = split_small_calls
+    c = _case("lstm", np.float32, seed=30, B=12, T=16, ragged=True)
+    want = _run(k, "lstm", c, False)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, never return into pytest
+        ok = False
+        try:
+            got = _run(k, "lstm", c, False)
+            ok = all(np.allclose(got[n], v, **SPLIT_TOL) for n, v in want.items())
+        finally:
+            os.write(w, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(w)
+    try:
+        assert os.read(r, 1) == b"1"
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)

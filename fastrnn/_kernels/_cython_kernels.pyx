@@ -194,6 +194,308 @@ cdef class SpinFlags:
         return bool(seen)
 
 
+# ---------------------------------------------------- rows on a helper thread
+
+cdef extern from *:
+    """
+    /* A kernel's rows on two threads: the calling one and one helper thread of
+       this module's own, which never takes the GIL. A batch's samples are
+       independent, so each thread walks every step over its own rows, and
+       they meet only at the end of the call.
+
+       The batch slices of fastrnn.nn run whole layers on Python threads;
+       those hand the GIL back and forth around every NumPy call and kernel,
+       and on a virtual machine whose idle cores halt each hand-over to a
+       blocked thread takes 50-100 us. The helper runs without the
+       interpreter and, while some thread has the split on (a layer call is
+       under way), polls for rows; otherwise it blocks. A caller that finds
+       its rows not yet taken when it is done with its own part (the helper
+       still waking) takes them back and runs them itself. */
+    #if FASTRNN_CAN_SPIN && !defined(_WIN32)
+    #include <pthread.h>
+    #include <signal.h>
+    #define FASTRNN_HAS_HELPER 1
+    typedef void (*fastrnn_rows_fn)(void* args, Py_ssize_t b0, Py_ssize_t b1);
+    static pthread_mutex_t fastrnn_helper_lock = PTHREAD_MUTEX_INITIALIZER;
+    static pthread_cond_t fastrnn_helper_cond = PTHREAD_COND_INITIALIZER;
+    static int fastrnn_helper_state;     /* 0 not started, 1 running, -1 failed */
+    static int fastrnn_helper_users;     /* threads with the split on */
+    static int fastrnn_helper_busy;      /* a caller holds the helper */
+    /* The rows posted last: 4 * their number, + 1 once the helper took them,
+       + 2 once the caller took them back. */
+    static int fastrnn_helper_job;
+    static int fastrnn_helper_done;      /* the job word of the rows the helper ran last */
+    static int fastrnn_helper_sleeping;
+    static fastrnn_rows_fn fastrnn_helper_fn;
+    static void* fastrnn_helper_args;
+    static Py_ssize_t fastrnn_helper_b0, fastrnn_helper_b1;
+    static unsigned int fastrnn_helper_ftz;
+    static int fastrnn_helper_caller_cpu = -1;  /* where the last caller ran */
+    /* After the last user turned the split off, the helper polls this long
+       (a training step's forward and backward are two layer calls). */
+    #define FASTRNN_HELPER_LINGER 5e-4
+    static double fastrnn_now(void) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+    }
+    #if defined(__linux__)
+    /* Off the CPU of the thread that posts the rows. A thread that polls
+       beside a busy one on a single CPU is not moved by the scheduler while
+       both stay cache-hot: the two would then share that CPU, the other one
+       idle (seen as every other run of a layer gaining nothing). So the
+       helper, when it finds itself there, moves: allowed everywhere but
+       there, then everywhere again (it stays where it went). */
+    static cpu_set_t fastrnn_helper_allowed;
+    static int fastrnn_helper_has_allowed;
+    static void fastrnn_helper_avoid_caller(void) {
+        cpu_set_t elsewhere;
+        int cpu = __atomic_load_n(&fastrnn_helper_caller_cpu, __ATOMIC_RELAXED);
+        if (!fastrnn_helper_has_allowed || cpu < 0 || cpu >= CPU_SETSIZE
+                || sched_getcpu() != cpu)
+            return;
+        elsewhere = fastrnn_helper_allowed;
+        CPU_CLR(cpu, &elsewhere);
+        if (CPU_COUNT(&elsewhere) == 0) return;
+        if (sched_setaffinity(0, sizeof(elsewhere), &elsewhere) == 0)
+            sched_setaffinity(0, sizeof(fastrnn_helper_allowed), &fastrnn_helper_allowed);
+    }
+    static void fastrnn_helper_note_caller(void) {
+        __atomic_store_n(&fastrnn_helper_caller_cpu, sched_getcpu(), __ATOMIC_RELAXED);
+    }
+    #else
+    static void fastrnn_helper_avoid_caller(void) { }
+    static void fastrnn_helper_note_caller(void) { }
+    #endif
+    static void* fastrnn_helper_main(void* unused) {
+        int seen = 0, job, i;
+        double idle_since = fastrnn_now();
+        (void)unused;
+        #if defined(__linux__)
+        fastrnn_helper_has_allowed = sched_getaffinity(
+            0, sizeof(fastrnn_helper_allowed), &fastrnn_helper_allowed) == 0;
+        #endif
+        for (;;) {
+            job = __atomic_load_n(&fastrnn_helper_job, __ATOMIC_ACQUIRE);
+            if (job != seen) {
+                seen = job;
+                if ((job & 3) == 0 && __atomic_compare_exchange_n(
+                        &fastrnn_helper_job, &job, job | 1, 0,
+                        __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+                    fastrnn_set_ftz(fastrnn_helper_ftz);  /* as the caller's thread */
+                    fastrnn_helper_fn(fastrnn_helper_args, fastrnn_helper_b0,
+                                      fastrnn_helper_b1);
+                    __atomic_store_n(&fastrnn_helper_done, seen, __ATOMIC_RELEASE);
+                    seen |= 1;
+                }
+                idle_since = fastrnn_now();
+                continue;
+            }
+            for (i = 0; i < 64 && __atomic_load_n(&fastrnn_helper_job, __ATOMIC_ACQUIRE)
+                 == seen; i++)
+                FASTRNN_PAUSE();
+            if (i < 64) continue;
+            if (__atomic_load_n(&fastrnn_helper_users, __ATOMIC_ACQUIRE) > 0) {
+                idle_since = fastrnn_now();
+                fastrnn_helper_avoid_caller();
+            } else if (fastrnn_now() - idle_since > FASTRNN_HELPER_LINGER) {
+                pthread_mutex_lock(&fastrnn_helper_lock);
+                while (__atomic_load_n(&fastrnn_helper_job, __ATOMIC_ACQUIRE) == seen
+                       && __atomic_load_n(&fastrnn_helper_users, __ATOMIC_ACQUIRE) == 0) {
+                    fastrnn_helper_sleeping = 1;
+                    pthread_cond_wait(&fastrnn_helper_cond, &fastrnn_helper_lock);
+                }
+                fastrnn_helper_sleeping = 0;
+                pthread_mutex_unlock(&fastrnn_helper_lock);
+                idle_since = fastrnn_now();
+                continue;
+            }
+            sched_yield();  /* a thread waiting for this core gets it */
+        }
+        return NULL;
+    }
+    static void fastrnn_helper_wake(void) {
+        pthread_mutex_lock(&fastrnn_helper_lock);
+        if (fastrnn_helper_sleeping) pthread_cond_signal(&fastrnn_helper_cond);
+        pthread_mutex_unlock(&fastrnn_helper_lock);
+    }
+    /* A forked child has no helper thread: it starts its own when asked. */
+    static void fastrnn_helper_after_fork(void) {
+        pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+        pthread_cond_t c = PTHREAD_COND_INITIALIZER;
+        fastrnn_helper_lock = m;
+        fastrnn_helper_cond = c;
+        fastrnn_helper_state = fastrnn_helper_busy = fastrnn_helper_sleeping = 0;
+        fastrnn_helper_job = fastrnn_helper_done = 0;
+    }
+    /* Start the helper thread unless there is one; 1 if it runs. */
+    static int fastrnn_helper_launch(void) {
+        static int registered = 0;
+        pthread_t tid;
+        pthread_attr_t attr;
+        sigset_t all, old;
+        int ok;
+        if (fastrnn_helper_state != 0) return fastrnn_helper_state == 1;
+        if (!registered) {
+            if (pthread_atfork(NULL, NULL, fastrnn_helper_after_fork) != 0) {
+                fastrnn_helper_state = -1;
+                return 0;
+            }
+            registered = 1;
+        }
+        sigfillset(&all);  /* signals stay with the interpreter's threads */
+        pthread_sigmask(SIG_BLOCK, &all, &old);
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        ok = pthread_create(&tid, &attr, fastrnn_helper_main, NULL) == 0;
+        pthread_attr_destroy(&attr);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        fastrnn_helper_state = ok ? 1 : -1;
+        return ok;
+    }
+    /* One more (on) or one fewer (off) thread with the split on. */
+    static void fastrnn_helper_use(int on) {
+        fastrnn_helper_note_caller();
+        if (on) {
+            if (__atomic_fetch_add(&fastrnn_helper_users, 1, __ATOMIC_ACQ_REL) == 0)
+                fastrnn_helper_wake();
+        } else {
+            __atomic_fetch_sub(&fastrnn_helper_users, 1, __ATOMIC_ACQ_REL);
+        }
+    }
+    /* Hand rows [b0, b1) of `fn` to the helper: their job word (> 0), or 0
+       where the helper is not running or another caller holds it. */
+    static int fastrnn_helper_post(fastrnn_rows_fn fn, void* args,
+                                   Py_ssize_t b0, Py_ssize_t b1) {
+        int free_ = 0, job;
+        if (__atomic_load_n(&fastrnn_helper_state, __ATOMIC_ACQUIRE) != 1) return 0;
+        if (!__atomic_compare_exchange_n(&fastrnn_helper_busy, &free_, 1, 0,
+                                         __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) return 0;
+        fastrnn_helper_fn = fn;
+        fastrnn_helper_args = args;
+        fastrnn_helper_b0 = b0;
+        fastrnn_helper_b1 = b1;
+        fastrnn_helper_ftz = fastrnn_get_ftz();
+        fastrnn_helper_note_caller();
+        job = ((fastrnn_helper_job >> 2) % 0x1FFFFFFE + 1) << 2;
+        __atomic_store_n(&fastrnn_helper_job, job, __ATOMIC_RELEASE);
+        if (__atomic_load_n(&fastrnn_helper_sleeping, __ATOMIC_ACQUIRE))
+            fastrnn_helper_wake();
+        return job;
+    }
+    /* The rows of `job` done, by the helper or (not taken yet) by the caller
+       now; frees the helper. */
+    static void fastrnn_helper_join(int job) {
+        int i = 0, untaken = job;
+        if (__atomic_compare_exchange_n(&fastrnn_helper_job, &untaken, job | 2, 0,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            fastrnn_helper_fn(fastrnn_helper_args, fastrnn_helper_b0, fastrnn_helper_b1);
+        } else {
+            while (__atomic_load_n(&fastrnn_helper_done, __ATOMIC_ACQUIRE) != job) {
+                FASTRNN_PAUSE();
+                if (++i % 64 == 0) sched_yield();
+            }
+        }
+        __atomic_store_n(&fastrnn_helper_busy, 0, __ATOMIC_RELEASE);
+    }
+    #else
+    #define FASTRNN_HAS_HELPER 0
+    typedef void (*fastrnn_rows_fn)(void* args, Py_ssize_t b0, Py_ssize_t b1);
+    static int fastrnn_helper_launch(void) { return 0; }
+    static int fastrnn_helper_post(fastrnn_rows_fn fn, void* args, Py_ssize_t b0,
+                                   Py_ssize_t b1) {
+        (void)fn; (void)args; (void)b0; (void)b1; return 0;
+    }
+    static void fastrnn_helper_join(int job) { (void)job; }
+    static void fastrnn_helper_use(int on) { (void)on; }
+    #endif
+    /* Whether this thread's kernel calls may hand rows to the helper (see
+       set_row_split): per thread, so that the batch slices' threads never do. */
+    static __thread int fastrnn_row_split = 0;
+    static int fastrnn_get_row_split(void) { return fastrnn_row_split; }
+    static void fastrnn_set_row_split(int on) { fastrnn_row_split = on; }
+    """
+    ctypedef void (*fastrnn_rows_fn)(void* args, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil
+    int fastrnn_helper_launch() nogil
+    int fastrnn_helper_post(fastrnn_rows_fn fn, void* args, Py_ssize_t b0,
+                            Py_ssize_t b1) nogil
+    void fastrnn_helper_join(int job) nogil
+    void fastrnn_helper_use(int on) nogil
+    int fastrnn_get_row_split() nogil
+    void fastrnn_set_row_split(int on) nogil
+    const int FASTRNN_HAS_HELPER
+
+
+#: Whether this build can run a kernel's rows on a helper thread (POSIX).
+HAS_ROW_SPLIT = bool(FASTRNN_HAS_HELPER)
+
+
+def set_row_split(bint on):
+    """Let (or stop) the calling thread's float32 kernel calls run part of
+    their batch's rows on this module's helper thread; returns the previous
+    setting. Per thread, off at first. Not one of the six kernels: the layers
+    turn it on around a call that they do not split over their own threads
+    (see :func:`fastrnn.nn._map_parts`). Starts the helper on first use."""
+    cdef bint was = fastrnn_get_row_split()
+    if on and not fastrnn_helper_launch():
+        on = False
+    if on != was:
+        fastrnn_helper_use(on)
+        fastrnn_set_row_split(on)
+    return was
+
+
+# A kernel call hands rows to the helper only with at least this many rows
+# on each side...
+cdef Py_ssize_t _split_min_rows = 8
+# ...and this many multiply-adds of step products over the whole call.
+cdef Py_ssize_t _split_min_macs = 1 << 20
+
+
+def _set_split_bounds(Py_ssize_t min_rows, Py_ssize_t min_macs):
+    """Set the two bounds above (for the tests, which split small calls);
+    returns the previous ones."""
+    global _split_min_rows, _split_min_macs
+    was = (_split_min_rows, _split_min_macs)
+    _split_min_rows, _split_min_macs = max(min_rows, 1), max(min_macs, 0)
+    return was
+
+
+cdef Py_ssize_t _split_at(const int64_t* lengths, Py_ssize_t B, Py_ssize_t T,
+                          Py_ssize_t macs_per_row_step) noexcept nogil:
+    """Where a float32 kernel call over ``B`` samples of (sorted) ``lengths``
+    splits its rows between this thread and the helper (rows before it stay
+    here), or 0 for no split: about half the samples' steps on each side."""
+    cdef Py_ssize_t b, total = 0, acc = 0
+    if not fastrnn_get_row_split() or B < 2 * _split_min_rows:
+        return 0
+    for b in range(B):
+        total += lengths[b]
+    if total * macs_per_row_step < _split_min_macs:
+        return 0
+    b = 0
+    while 2 * acc < total:
+        acc += lengths[b]
+        b += 1
+    if b < _split_min_rows:
+        b = _split_min_rows
+    if B - b < _split_min_rows:
+        b = B - _split_min_rows
+    return b
+
+
+cdef void _run_rows(fastrnn_rows_fn fn, void* args, Py_ssize_t B,
+                    Py_ssize_t split) noexcept nogil:
+    """``fn(args, 0, B)``, with rows ``split:`` on the helper thread when
+    ``split`` > 0 and the helper is free."""
+    cdef int seq = fastrnn_helper_post(fn, args, split, B) if split > 0 else 0
+    if seq == 0:
+        fn(args, 0, B)
+        return
+    fn(args, 0, split)
+    fastrnn_helper_join(seq)
+
+
 # ------------------------------------------------- reused array memory
 
 cdef extern from *:
@@ -1688,7 +1990,7 @@ cdef inline bint _input_step(floating* c, const floating* h, const floating* w,
                              const _StepWeights* sw, const _StepInput* si,
                              Py_ssize_t t, Py_ssize_t B, Py_ssize_t nb, Py_ssize_t G,
                              Py_ssize_t R, const floating* scale,
-                             const floating* act=NULL) noexcept nogil:
+                             const floating* act=NULL, Py_ssize_t b0=0) noexcept nogil:
     """``c (nb, G) = (h (nb, R) @ w.T + x_t @ W_ih.T + bias) * scale``: the
     pre-activations of step ``t``'s active rows, times ``scale`` (G,) when
     given. ``c`` may be the step's rows of ``si.gx`` itself (then replaced).
@@ -1696,7 +1998,8 @@ cdef inline bint _input_step(floating* c, const floating* h, const floating* w,
     gru_forward for its n). Returns True where the product on the panels
     also applied the activation ``act`` (2G, see :func:`_step_product`;
     float32 only), or there are no active rows; False where the caller is to
-    activate them."""
+    activate them. ``c`` and ``h`` are the rows from ``b0`` on of the ``B``
+    samples, whose input terms start at row ``b0`` too."""
     cdef Py_ssize_t b, k, K = R + si.D
     cdef const floating* gt
     cdef const floating* add
@@ -1708,11 +2011,11 @@ cdef inline bint _input_step(floating* c, const floating* h, const floating* w,
         if si.fused > 0:
             # [h | x_t] read where they lie: the step's x rows are contiguous
             fastrnn_sgemm_panels2(nb, si.fused, K, h, R, R,
-                                  <const float*>si.x + t * si.xts, si.D,
+                                  <const float*>si.x + t * si.xts + b0 * si.D, si.D,
                                   <const float*>sw.data, c, G, 0,
                                   <const float*>si.bias, 0, scale, <const float*>act)
             return act != NULL
-    gt = <const floating*>si.gx + t * B * G
+    gt = <const floating*>si.gx + (t * B + b0) * G
     in_place = gt == c
     add = gt
     if in_place:
@@ -1824,6 +2127,27 @@ def gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
                  b.shape[1], beta_, &c[0, 0], n)
 
 
+cdef struct _WeightArgs:
+    # weight_product's two parts (see _weight_rows): the rows of the samples
+    # before the split and of those after, each into its own product and sums
+    Py_ssize_t k[2]
+    fastrnn_rows sa[2]
+    fastrnn_rows sb[2]
+    float* c[2]
+    float* sums[2]
+    Py_ssize_t ldc
+    int done[2]
+
+
+cdef void _weight_rows(void* args, Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+    """weight_product's parts ``p0:p1`` (of 2; see _run_rows)."""
+    cdef _WeightArgs* a = <_WeightArgs*>args
+    cdef Py_ssize_t p
+    for p in range(p0, p1):
+        a.done[p] = fastrnn_tn_rows(a.k[p], &a.sa[p], &a.sb[p], a.c[p], a.ldc, 0,
+                                    a.sums[p])
+
+
 def weight_product(const float[:, ::1] dg, const int64_t[::1] rows,
                    const float[:, ::1] x, const float[:, ::1] out,
                    const float[:, ::1] h0, const int64_t[::1] lengths, bint reverse,
@@ -1838,39 +2162,53 @@ def weight_product(const float[:, ::1] dg, const int64_t[::1] rows,
     None to leave it out of the product; ``h_prev`` is ``out`` one step back
     (forward) or ahead (``reverse``), and ``h0`` (B, R) at each sample's
     first step (in reverse, its ``lengths[b] - 1``); ``out`` is zero past a
-    sample's end. This is what the layers otherwise build with copies (the
-    rows of ``[x | h_prev]``, the valid rows) before calling :func:`gemm`
-    and :func:`column_sums`.
+    sample's end. ``lengths`` (B,) may be given without ``out``, and is then
+    only read for the split below. This is what the layers otherwise build
+    with copies (the rows of ``[x | h_prev]``, the valid rows) before calling
+    :func:`gemm` and :func:`column_sums`.
 
-    Runs on the packed tn kernel (``fastrnn_tn_rows``), without the GIL.
-    Returns None, having done nothing, where :func:`gemm` would run this
-    product another way (BLAS or the in-place tn kernel: see there;
-    ``one_thread`` as there) or the work memory cannot be had.
+    Runs on the packed tn kernel (``fastrnn_tn_rows``), without the GIL. With
+    the row split on (:func:`set_row_split`), the samples' rows are summed in
+    two parts, split as the kernels split them, each part on the thread whose
+    kernels wrote those rows (the helper's part on the helper), and the two
+    added up. Returns None, having done nothing, where :func:`gemm` would run
+    this product another way (BLAS or the in-place tn kernel: see there;
+    ``one_thread`` as there) and the rows are not split, or the work memory
+    cannot be had.
     """
-    cdef Py_ssize_t N = dg.shape[0], M = dg.shape[1], i
+    cdef Py_ssize_t N = dg.shape[0], M = dg.shape[1], i, r, t, b, n1, n2
     cdef Py_ssize_t w1 = x.shape[1] if x is not None else 0
     cdef Py_ssize_t w2 = out.shape[1] if out is not None else 0
     cdef Py_ssize_t K = rows.shape[0] if rows is not None else N
-    cdef Py_ssize_t B = 0, T = 0
+    cdef Py_ssize_t B = 0, T = 0, split = 0
     cdef fastrnn_rows sa, sb
+    cdef _WeightArgs wa
     cdef int done
-    if M == 0 or K == 0 or w1 + w2 == 0 or _tn_path(M, w1 + w2, K, one_thread) != _TN_PACKED:
+    if M == 0 or K == 0 or w1 + w2 == 0:
         return None
     if x is not None and x.shape[0] != N:
         raise ValueError(f"weight_product: x has {x.shape[0]} rows, dg {N}")
-    if out is not None:
-        if h0 is None or lengths is None:
-            raise ValueError("weight_product: out needs h0 and lengths")
+    if out is not None and (h0 is None or lengths is None):
+        raise ValueError("weight_product: out needs h0 and lengths")
+    if lengths is not None and lengths.shape[0] > 0 and N % lengths.shape[0] == 0:
         B = lengths.shape[0]
-        if B == 0 or N % B != 0 or out.shape[0] != N or h0.shape[0] != B \
-                or h0.shape[1] != w2:
-            raise ValueError(f"weight_product: out ({out.shape[0]}, {w2}), h0 "
-                             f"({h0.shape[0]}, {h0.shape[1]}) and {B} lengths do not "
-                             f"fit dg's {N} rows")
         T = N // B
+    if out is not None:
+        if B == 0 or out.shape[0] != N or h0.shape[0] != B or h0.shape[1] != w2:
+            raise ValueError(f"weight_product: out ({out.shape[0]}, {w2}), h0 "
+                             f"({h0.shape[0]}, {h0.shape[1]}) and {lengths.shape[0]} "
+                             f"lengths do not fit dg's {N} rows")
+    if B > 0:
         for i in range(B):
             if not 1 <= lengths[i] <= T:
+                if out is None:  # only read for the split: none then
+                    B = 0
+                    break
                 raise ValueError(f"weight_product: length {lengths[i]} outside [1, {T}]")
+    if B > 0 and _panels_on:
+        split = _split_at(&lengths[0], B, T, M * (w1 + w2))
+    if split == 0 and _tn_path(M, w1 + w2, K, one_thread) != _TN_PACKED:
+        return None
     if rows is not None:
         for i in range(K):
             if not 0 <= rows[i] < N:
@@ -1896,9 +2234,96 @@ def weight_product(const float[:, ::1] dg, const int64_t[::1] rows,
     sb.T = T if out is not None else 1
     cdef float* c_p = <float*>cnp.PyArray_DATA(c)
     cdef float* sums_p = <float*>cnp.PyArray_DATA(sums) if bias else NULL
+    if split == 0:
+        with nogil:
+            done = fastrnn_tn_rows(K, &sa, &sb, c_p, w1 + w2, 0, sums_p)
+        return (c, sums) if done else None
+    # the rows of the samples before the split, and of those after, in order
+    cdef cnp.ndarray idx = np.empty(K, np.int64)
+    cdef int64_t* idx_p = <int64_t*>cnp.PyArray_DATA(idx)
+    cdef cnp.ndarray c2 = np.empty((M, w1 + w2), np.float32)
+    cdef cnp.ndarray sums2 = np.empty(M, np.float32) if bias else None
+    n1 = 0
+    n2 = K
+    for i in range(K):
+        r = rows[i] if rows is not None else i
+        if r % B < split:
+            idx_p[n1] = r
+            n1 += 1
+    for i in range(K - 1, -1, -1):
+        r = rows[i] if rows is not None else i
+        if r % B >= split:
+            n2 -= 1
+            idx_p[n2] = r
+    wa.k[0], wa.k[1] = n1, K - n1
+    wa.sa[0] = wa.sa[1] = sa
+    wa.sb[0] = wa.sb[1] = sb
+    wa.sa[0].idx = wa.sb[0].idx = idx_p
+    wa.sa[1].idx = wa.sb[1].idx = idx_p + n1
+    wa.c[0], wa.c[1] = c_p, <float*>cnp.PyArray_DATA(c2)
+    wa.sums[0] = sums_p
+    wa.sums[1] = <float*>cnp.PyArray_DATA(sums2) if bias else NULL
+    wa.ldc = w1 + w2
+    wa.done[0] = wa.done[1] = 0
     with nogil:
-        done = fastrnn_tn_rows(K, &sa, &sb, c_p, w1 + w2, 0, sums_p)
-    return (c, sums) if done else None
+        _run_rows(_weight_rows, &wa, 2, 1)
+    if not (wa.done[0] and wa.done[1]):
+        return None
+    c += c2
+    if bias:
+        sums += sums2
+    return c, sums
+
+
+cdef struct _InputGradArgs:
+    # input_gradient's rows (see _input_grad_rows)
+    const float* dg        # (T, B, G)
+    const float* panels    # W_ih's panels (G, D)
+    float* dx              # (T, B, D)
+    Py_ssize_t T, B, G, D
+    bint accumulate
+
+
+cdef void _input_grad_rows(void* args, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    """input_gradient's samples ``b0:b1``: every step's rows of them."""
+    cdef _InputGradArgs* a = <_InputGradArgs*>args
+    cdef Py_ssize_t t
+    if b1 <= b0:
+        return
+    for t in range(a.T):
+        fastrnn_sgemm_panels(b1 - b0, a.D, a.G, a.dg + (t * a.B + b0) * a.G, a.G,
+                             a.panels, a.dx + (t * a.B + b0) * a.D, a.D, a.accumulate,
+                             NULL, 0, NULL, NULL)
+
+
+def input_gradient(const float[:, :, ::1] dg, const float[:, ::1] w_ih,
+                   const int64_t[::1] lengths, float[:, :, ::1] dx, bint accumulate):
+    """``dx (T, B, D) (+)= dg (T, B, G) @ w_ih (G, D)``, the gradient w.r.t. a
+    layer's input, with the row split on (:func:`set_row_split`): each
+    sample's rows on the thread whose kernels wrote its ``dg`` (split as they
+    split the (sorted) ``lengths``), on the panels. Returns whether it did;
+    False, having done nothing, where the split is off, the panels are, or
+    the call too small to split: then BLAS's product over all rows serves
+    (:func:`gemm`), which with BLAS on two threads would leave its threads
+    polling beside the helper for the next kernel call."""
+    cdef Py_ssize_t T = dg.shape[0], B = dg.shape[1], G = dg.shape[2], D = w_ih.shape[1]
+    _expect("w_ih", w_ih.shape, 2, G, D)
+    _expect("dx", dx.shape, 3, T, B, D)
+    _check_lengths(lengths, B, T)
+    if T == 0 or B == 0 or G == 0 or D == 0 or not _panels_on:
+        return False
+    cdef Py_ssize_t split = _split_at(&lengths[0], B, T, G * D)
+    if split == 0:
+        return False
+    cdef _InputGradArgs a
+    a.panels = fastrnn_pack_panels(&w_ih[0, 0], G, D, 0)
+    if a.panels == NULL:
+        return False
+    a.dg, a.dx, a.T, a.B, a.G, a.D, a.accumulate = &dg[0, 0, 0], &dx[0, 0, 0], T, B, G, D, accumulate
+    with nogil:
+        _run_rows(_input_grad_rows, &a, B, split)
+        _release(<void*>a.panels)
+    return True
 
 
 def column_sums(const floating[:, ::1] a, floating[::1] out):
@@ -2120,6 +2545,67 @@ cdef Py_ssize_t _check_input(const floating[:, :, :] x, const floating[:, ::1] w
 # --------------------------------------------------------------------- RNN
 
 
+cdef struct _RnnArgs:
+    # what rnn_forward's and rnn_backward's rows need (see _run_rows); float
+    # or double pointers as the call's dtype
+    const void* w          # W_hh (H, H)
+    const int64_t* lengths
+    void* h                # forward: h (B, H); backward: dh
+    void* out              # (T, B, H), steps ts apart; the backward reads it
+    void* buf              # forward: (B, H) work rows
+    const void* dout       # backward: (T, B, H), or zeros (B, H) read at every step
+    void* dgx              # backward: (T, B, H)
+    Py_ssize_t T, B, H, ts # ts: the forward's out's step stride; the backward's dout's
+    bint reverse, relu, direct
+    const _StepWeights* sw
+    const _StepInput* si
+
+
+cdef void _rnn_forward_rows(floating* kind, const _RnnArgs* a, Py_ssize_t b0,
+                            Py_ssize_t b1) noexcept nogil:
+    """rnn_forward's steps over the rows ``b0:b1`` (``kind`` only picks the dtype)."""
+    cdef Py_ssize_t T = a.T, B = a.B, H = a.H, ts = a.ts, n = b1 - b0
+    cdef const floating* w_p = <const floating*>a.w
+    cdef const int64_t* len_p = a.lengths + b0
+    cdef floating* h_p = <floating*>a.h + b0 * H
+    cdef floating* out_p = <floating*>a.out + b0 * H
+    cdef floating* buf = <floating*>a.buf + b0 * H
+    cdef bint direct = a.direct, relu = a.relu
+    cdef Py_ssize_t s, t, k, nb, nb_last = 0
+    cdef floating v, zero = 0
+    cdef floating* outt
+    cdef const floating* hs = h_p  # the rows h_{t-1}: h, or (direct) the last step's out
+    for s in range(T):
+        t = T - 1 - s if a.reverse else s
+        nb = _n_active(len_p, n, t)
+        outt = out_p + t * ts
+        if direct and s > 0 and nb < nb_last:
+            _copy(h_p + nb * H, hs + nb * H, (nb_last - nb) * H)
+        # (the product's own tanh, as the LSTM's, took 1.04 of the time
+        # at S2: NumPy's loop is the faster tanh, and here nothing else
+        # is saved)
+        _input_step(buf, hs, w_p, a.sw, a.si, t, B, nb, H, H, NULL, NULL, b0)
+        if relu:
+            for k in range(nb * H):
+                v = buf[k]
+                # np.maximum(v, 0): keeps a NaN, like the reference
+                (outt if direct else h_p)[k] = zero if v < zero else v
+        else:
+            _vtanh(buf, outt if direct else h_p, nb * H)
+        if direct:
+            hs = outt
+            nb_last = nb
+        else:
+            _copy(outt, h_p, nb * H)
+        _zero(outt + nb * H, (n - nb) * H)
+    if direct:
+        _copy(h_p, hs, nb_last * H)
+
+
+cdef void _rnn_forward_rows_f(void* a, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    _rnn_forward_rows(<float*>NULL, <const _RnnArgs*>a, b0, b1)
+
+
 def rnn_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
                 const floating[::1] bias, const floating[:, ::1] w_hh,
                 const int64_t[::1] lengths, bint reverse, bint relu,
@@ -2134,27 +2620,24 @@ def rnn_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
     _check_lengths(lengths, B, T)
     if T == 0 or B == 0:
         return
-    cdef const floating* w_p = &w_hh[0, 0]
-    cdef const int64_t* len_p = &lengths[0]
-    cdef floating* h_p = &h[0, 0]
     cdef floating* out_p = &out[0, 0, 0]
-    cdef Py_ssize_t s, t, k, nb
-    cdef floating a, zero = 0
     cdef floating* buf = NULL
-    cdef floating* outt
-    cdef const floating* hs       # the rows h_{t-1}: h, or (direct) the last step's out
-    cdef Py_ssize_t nb_last = 0
-    cdef bint direct
     cdef object terms             # unfused, with out's steps apart: the input terms
+    cdef _RnnArgs a
     cdef _StepWeights sw
     cdef _StepInput si
+    cdef Py_ssize_t split = 0
     sw.data = si.gx = si.h_panels = si.x_panels = NULL
     try:
         buf = <floating*>_alloc(B * H, sizeof(floating))
         # unfused, a contiguous out holds the input terms until each step
         # replaces its own
-        terms = _forward_input(&si, &sw, &x[0, 0, 0], xts, &w_ih[0, 0], &bias[0], w_p,
-                               T, B, D, H, H, len_p, out_p if ts == B * H else NULL, H)
+        terms = _forward_input(&si, &sw, &x[0, 0, 0], xts, &w_ih[0, 0], &bias[0],
+                               &w_hh[0, 0], T, B, D, H, H, &lengths[0],
+                               out_p if ts == B * H else NULL, H)
+        a.w, a.lengths, a.h, a.out, a.buf = &w_hh[0, 0], &lengths[0], &h[0, 0], out_p, buf
+        a.T, a.B, a.H, a.ts, a.reverse, a.relu = T, B, H, ts, reverse, relu
+        a.sw, a.si = &sw, &si
         # Fused and forward, each step's output is the next step's state, read
         # where it lies: h is written only for the samples as they end (a
         # sample that ended at the last step takes that step's output), and
@@ -2163,37 +2646,57 @@ def rnn_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
         # 0.98-1.00, S7 0.96-1.00). Unfused, out may hold the input terms; in
         # reverse, the samples that start late take h0 beside the others'
         # outputs.
-        direct = si.fused > 0 and not reverse
-        hs = h_p
+        a.direct = si.fused > 0 and not reverse
         with nogil:
-            for s in range(T):
-                t = T - 1 - s if reverse else s
-                nb = _n_active(len_p, B, t)
-                outt = out_p + t * ts
-                if direct and s > 0 and nb < nb_last:
-                    _copy(h_p + nb * H, hs + nb * H, (nb_last - nb) * H)
-                # (the product's own tanh, as the LSTM's, took 1.04 of the time
-                # at S2: NumPy's loop is the faster tanh, and here nothing else
-                # is saved)
-                _input_step(buf, hs, w_p, &sw, &si, t, B, nb, H, H, NULL)
-                if relu:
-                    for k in range(nb * H):
-                        a = buf[k]
-                        # np.maximum(a, 0): keeps a NaN, like the reference
-                        (outt if direct else h_p)[k] = zero if a < zero else a
-                else:
-                    _vtanh(buf, outt if direct else h_p, nb * H)
-                if direct:
-                    hs = outt
-                    nb_last = nb
-                else:
-                    _copy(outt, h_p, nb * H)
-                _zero(outt + nb * H, (B - nb) * H)
-            if direct:
-                _copy(h_p, hs, nb_last * H)
+            if floating is float:
+                if sw.panels:
+                    split = _split_at(&lengths[0], B, T, (H + D) * H)
+                _run_rows(_rnn_forward_rows_f, &a, B, split)
+            else:
+                _rnn_forward_rows(<floating*>NULL, &a, 0, B)
     finally:
         _release(buf)
         _free_input(&si, &sw)
+
+
+cdef void _rnn_backward_rows(floating* kind, const _RnnArgs* a, Py_ssize_t b0,
+                             Py_ssize_t b1) noexcept nogil:
+    """rnn_backward's steps over the rows ``b0:b1``."""
+    cdef Py_ssize_t T = a.T, B = a.B, H = a.H, n = b1 - b0
+    cdef const floating* w_p = <const floating*>a.w
+    cdef const int64_t* len_p = a.lengths + b0
+    cdef floating* dh_p = <floating*>a.h + b0 * H
+    cdef const floating* out_p = <const floating*>a.out + b0 * H
+    cdef const floating* dout_p = <const floating*>a.dout
+    cdef floating* dgx_p = <floating*>a.dgx + b0 * H
+    cdef Py_ssize_t s, t, k, nb
+    cdef const floating* yt
+    cdef const floating* got
+    cdef floating* dat
+    cdef floating m, zero = 0, one = 1
+    for s in range(T):
+        # the reverse of the forward walk
+        t = s if a.reverse else T - 1 - s
+        nb = _n_active(len_p, n, t)
+        yt = out_p + t * B * H
+        got = dout_p + t * a.ts + b0 * H
+        dat = dgx_p + t * B * H
+        if a.relu:
+            for k in range(nb * H):
+                # g * (out > 0); the mask first, or gcc sees control flow
+                m = <floating>(yt[k] > zero)
+                dat[k] = (got[k] + dh_p[k]) * m
+        else:
+            for k in range(nb * H):
+                dat[k] = (got[k] + dh_p[k]) * (one - yt[k] * yt[k])
+        _zero(dat + nb * H, (n - nb) * H)
+        if nb > 0:
+            # dh[:nb] = da @ W_hh (dh[:nb] was consumed above)
+            _back_product(dh_p, dat, w_p, a.sw, nb, H, H, False)
+
+
+cdef void _rnn_backward_rows_f(void* a, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    _rnn_backward_rows(<float*>NULL, <const _RnnArgs*>a, b0, b1)
 
 
 def rnn_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
@@ -2209,41 +2712,28 @@ def rnn_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
     _check_lengths(lengths, B, T)
     if T == 0 or B == 0:
         return
-    cdef const floating* w_p = &w_hh[0, 0]
-    cdef const int64_t* len_p = &lengths[0]
-    cdef floating* dh_p = &dh[0, 0]
-    cdef Py_ssize_t s, t, k, nb
-    cdef const floating* yt
-    cdef const floating* got
-    cdef floating* dat
-    cdef floating m, zero = 0, one = 1
-    cdef floating* no_dout = NULL  # zeros read as dout when there is none
+    cdef _RnnArgs a
     cdef _StepWeights sw
+    cdef Py_ssize_t split = 0
+    cdef floating* no_dout = NULL  # zeros read as dout when there is none
     sw.data = NULL
     try:
         if not has_dout:
-            no_dout = _zeros(dh_p, B * H)
-        _backward_weights(&sw, w_p, H, H, B, T)
+            no_dout = _zeros(&dh[0, 0], B * H)
+        _backward_weights(&sw, &w_hh[0, 0], H, H, B, T)
+        a.w, a.lengths, a.h = &w_hh[0, 0], &lengths[0], &dh[0, 0]
+        a.out = <void*>&out[0, 0, 0]  # read only
+        a.dout = <const floating*>no_dout if no_dout != NULL else &dout[0, 0, 0]
+        a.ts = 0 if no_dout != NULL else B * H
+        a.dgx = &dgx[0, 0, 0]
+        a.T, a.B, a.H, a.reverse, a.relu, a.sw = T, B, H, reverse, relu, &sw
         with nogil:
-            for s in range(T):
-                # the reverse of the forward walk
-                t = s if reverse else T - 1 - s
-                nb = _n_active(len_p, B, t)
-                yt = &out[t, 0, 0]
-                got = &dout[t, 0, 0] if no_dout == NULL else no_dout
-                dat = &dgx[t, 0, 0]
-                if relu:
-                    for k in range(nb * H):
-                        # g * (out > 0); the mask first, or gcc sees control flow
-                        m = <floating>(yt[k] > zero)
-                        dat[k] = (got[k] + dh_p[k]) * m
-                else:
-                    for k in range(nb * H):
-                        dat[k] = (got[k] + dh_p[k]) * (one - yt[k] * yt[k])
-                _zero(dat + nb * H, (B - nb) * H)
-                if nb > 0:
-                    # dh[:nb] = da @ W_hh (dh[:nb] was consumed above)
-                    _back_product(dh_p, dat, w_p, &sw, nb, H, H, False)
+            if floating is float:
+                if sw.panels:
+                    split = _split_at(&lengths[0], B, T, H * H)
+                _run_rows(_rnn_backward_rows_f, &a, B, split)
+            else:
+                _rnn_backward_rows(<floating*>NULL, &a, 0, B)
     finally:
         _release(sw.data)
         _release(no_dout)
@@ -2251,6 +2741,149 @@ def rnn_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
 
 
 # -------------------------------------------------------------------- LSTM
+
+
+cdef struct _LstmArgs:
+    # what lstm_forward's and lstm_backward's rows need (see _run_rows); float
+    # or double pointers as the call's dtype
+    const void* w          # W_hh (G, R)
+    const void* w_hr       # W_hr (R, H), or NULL
+    const void* peep       # (3, H), or NULL
+    const int64_t* lengths
+    void* h                # forward: h (B, R); backward: dh
+    void* c                # forward: c (B, H); backward: dc
+    void* out              # (T, B, R), the forward's steps ts apart
+    void* gates            # (T, B, G); NULL in eval
+    void* cs               # (T, B, H); NULL in eval
+    void* hc               # (T, B, H); NULL without projection or in eval
+    void* buf              # forward in eval: (B, G) work rows
+    void* tcb              # (B, H) work rows: tanh(c_t)
+    void* hcell            # (B, H) work rows: h_cell (forward with projection,
+                           # backward: its gradient)
+    const void* scale      # forward: (G,)
+    const void* act        # forward: (2G,) or NULL
+    const void* c0         # backward: (B, H)
+    const void* dout       # backward: (T, B, R), or zeros (B, R) read at every step
+    void* dgx              # backward: (T, B, G)
+    void* dhr              # backward: (T, B, R), or NULL without projection
+    double* dpacc          # backward: (3, H) peephole gradient sums, or NULL
+    Py_ssize_t T, B, H, R, ts  # ts: out's step stride (forward), dout's (backward)
+    bint reverse
+    const _StepWeights* sw
+    const _StepInput* si
+
+
+cdef void _lstm_forward_rows(floating* kind, const _LstmArgs* a, Py_ssize_t b0,
+                             Py_ssize_t b1) noexcept nogil:
+    """lstm_forward's steps over the rows ``b0:b1``."""
+    cdef Py_ssize_t T = a.T, B = a.B, H = a.H, R = a.R, G = 4 * H, n = b1 - b0
+    cdef bint has_proj = a.w_hr != NULL, has_peep = a.peep != NULL
+    cdef bint training = a.gates != NULL
+    cdef const floating* w_p = <const floating*>a.w
+    cdef const floating* wr_p = <const floating*>a.w_hr
+    cdef const floating* p0 = <const floating*>a.peep
+    cdef const floating* p1 = p0 + H if has_peep else NULL
+    cdef const floating* p2 = p0 + 2 * H if has_peep else NULL
+    cdef const int64_t* len_p = a.lengths + b0
+    cdef floating* h_p = <floating*>a.h + b0 * R
+    cdef floating* c_p = <floating*>a.c + b0 * H
+    cdef floating* out_p = <floating*>a.out + b0 * R
+    cdef floating* gates_p = <floating*>a.gates + b0 * G if training else NULL
+    cdef floating* cs_p = <floating*>a.cs + b0 * H if training else NULL
+    cdef floating* hc_p = <floating*>a.hc + b0 * H if training and has_proj else NULL
+    cdef floating* buf = <floating*>a.buf + b0 * G if not training else NULL
+    cdef floating* tcb = <floating*>a.tcb + b0 * H
+    cdef floating* hcell = <floating*>a.hcell + b0 * H if has_proj else NULL
+    cdef const floating* scale = <const floating*>a.scale
+    cdef const floating* act = <const floating*>a.act
+    cdef Py_ssize_t s, t, b, j, nb
+    cdef floating* ar
+    cdef floating* cr
+    cdef floating* hr
+    cdef floating* tr
+    cdef floating* outt
+    cdef floating i, f, o, cp, zero = 0, half = 0.5
+    # per active row: the pre-activations, their tanh, and finally the gates
+    # (i, f, g, o), worked out in place; in training in gates[t] itself
+    cdef floating* gb
+    cdef bint activated
+    for s in range(T):
+        t = T - 1 - s if a.reverse else s
+        nb = _n_active(len_p, n, t)
+        outt = out_p + t * a.ts
+        # the step's gates are worked out in place: in the training
+        # cache itself when there is one
+        gb = gates_p + t * B * G if training else buf
+        activated = False
+        if has_peep:
+            _input_step(gb, h_p, w_p, a.sw, a.si, t, B, nb, G, R, NULL, NULL, b0)
+        else:
+            # tanh arguments of all active rows (a/2 for the sigmoid
+            # gates i, f, o; a for g), then, unless the product applied
+            # the activations, one tanh call over them all: the rows of
+            # gb are one contiguous block
+            activated = _input_step(gb, h_p, w_p, a.sw, a.si, t, B, nb, G, R,
+                                    scale, act, b0)
+            if not activated:
+                _vtanh(gb, gb, nb * G)
+        for b in range(nb):
+            ar = gb + b * G
+            cr = c_p + b * H
+            if has_peep:
+                for j in range(H):
+                    cp = cr[j]
+                    ar[j] = half * (ar[j] + p0[j] * cp)
+                    ar[H + j] = half * (ar[H + j] + p1[j] * cp)
+                # o sees c_t: its argument is finished below
+                _vtanh(ar, ar, 3 * H)
+            # i, f and the new cell state
+            for j in range(H):
+                if activated:
+                    i = ar[j]
+                    f = ar[H + j]
+                else:
+                    i = half * ar[j] + half
+                    f = half * ar[H + j] + half
+                    ar[j] = i
+                    ar[H + j] = f
+                cr[j] = f * cr[j] + i * ar[2 * H + j]
+            if has_peep:
+                for j in range(H):
+                    ar[3 * H + j] = half * (ar[3 * H + j] + p2[j] * cr[j])
+                _vtanh(ar + 3 * H, ar + 3 * H, H)
+        # tanh(c_t) of all active rows: c's rows are contiguous too
+        _vtanh(c_p, tcb, nb * H)
+        for b in range(nb):
+            # o and the cell output
+            ar = gb + b * G
+            tr = tcb + b * H
+            hr = hcell + b * H if has_proj else h_p + b * H
+            for j in range(H):
+                if activated:
+                    o = ar[3 * H + j]
+                else:
+                    o = half * ar[3 * H + j] + half
+                    ar[3 * H + j] = o
+                hr[j] = o * tr[j]
+        if has_proj:
+            if nb > 0:
+                # out[t, :nb] = h_cell @ W_hr.T, then the running state
+                _matmul_nt(outt, hcell, wr_p, nb, R, H, zero)
+                _copy(h_p, outt, nb * R)
+            if training:
+                _copy(hc_p + t * B * H, hcell, nb * H)
+                _zero(hc_p + t * B * H + nb * H, (n - nb) * H)
+        else:
+            _copy(outt, h_p, nb * R)
+        _zero(outt + nb * R, (n - nb) * R)
+        if training:
+            _zero(gates_p + t * B * G + nb * G, (n - nb) * G)
+            _copy(cs_p + t * B * H, c_p, nb * H)
+            _zero(cs_p + t * B * H + nb * H, (n - nb) * H)
+
+
+cdef void _lstm_forward_rows_f(void* a, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    _lstm_forward_rows(<float*>NULL, <const _LstmArgs*>a, b0, b1)
 
 
 def lstm_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
@@ -2276,7 +2909,7 @@ def lstm_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
     _expect("h", h.shape, 2, B, R)
     if has_peep:
         _expect("peep", peep.shape, 2, 3, H)
-    _out_step_stride(out, T, B, R)
+    cdef Py_ssize_t ts = _out_step_stride(out, T, B, R)
     if training:
         _expect("gates", gates.shape, 3, T, B, G)
         _expect("cs", cs.shape, 3, T, B, H)
@@ -2285,42 +2918,26 @@ def lstm_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
     _check_lengths(lengths, B, T)
     if T == 0 or B == 0:
         return
-    cdef const floating* w_p = &w_hh[0, 0]
-    # (no projection / no peepholes: zero-size arrays, never read)
-    cdef const floating* wr_p = &w_hr[0, 0] if has_proj else NULL
-    cdef const floating* p0 = &peep[0, 0] if has_peep else NULL
-    cdef const floating* p1 = p0 + H if has_peep else NULL
-    cdef const floating* p2 = p0 + 2 * H if has_peep else NULL
-    cdef const int64_t* len_p = &lengths[0]
-    cdef floating* h_p = &h[0, 0]
-    cdef floating* c_p = &c[0, 0]
-    cdef Py_ssize_t s, t, b, j, k, nb
-    cdef floating* ar
-    cdef floating* cr
-    cdef floating* hr
-    cdef floating* tr
-    cdef floating* outt
-    cdef floating i, f, o, cp, zero = 0, one = 1, half = 0.5
-    # per active row: the pre-activations, their tanh, and finally the gates
-    # (i, f, g, o), worked out in place; in training in gates[t] itself
-    cdef floating* buf = NULL
-    cdef floating* gb             # this step's gates: buf, or gates[t] when training
+    cdef Py_ssize_t k
+    cdef floating zero = 0, one = 1, half = 0.5
+    cdef floating* buf = NULL     # eval: the step's gates
     cdef floating* tcb = NULL     # tanh(c_t)
     cdef floating* hcell = NULL   # o * tanh(c_t) before the projection
     cdef floating* scale = NULL   # 1/2 for the sigmoid gates, 1 for g
     cdef floating* act = NULL     # the activation in the product: 1/2 and 1/2, or 1 and 0
-    cdef bint activated
     cdef object terms             # unfused, in eval: the input terms of all steps
+    cdef _LstmArgs a
     cdef _StepWeights sw
     cdef _StepInput si
+    cdef Py_ssize_t split = 0
     sw.data = si.gx = si.h_panels = si.x_panels = NULL
     try:
         if not training:
             buf = <floating*>_alloc(B * G, sizeof(floating))
         # unfused, the training cache holds the input terms until each step
         # replaces its own with its gates
-        terms = _forward_input(&si, &sw, &x[0, 0, 0], xts, &w_ih[0, 0], &bias[0], w_p,
-                               T, B, D, G, R, len_p,
+        terms = _forward_input(&si, &sw, &x[0, 0, 0], xts, &w_ih[0, 0], &bias[0],
+                               &w_hh[0, 0], T, B, D, G, R, &lengths[0],
                                &gates[0, 0, 0] if training else NULL, G)
         tcb = <floating*>_alloc(B * H, sizeof(floating))
         scale = <floating*>_alloc(G, sizeof(floating))
@@ -2335,80 +2952,22 @@ def lstm_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
                 act[G + k] = zero if 2 * H <= k < 3 * H else half
         if has_proj:
             hcell = <floating*>_alloc(B * H, sizeof(floating))
+        a.w, a.lengths, a.h, a.c, a.out = &w_hh[0, 0], &lengths[0], &h[0, 0], &c[0, 0], &out[0, 0, 0]
+        a.w_hr = &w_hr[0, 0] if has_proj else NULL
+        a.peep = &peep[0, 0] if has_peep else NULL
+        a.gates = &gates[0, 0, 0] if training else NULL
+        a.cs = &cs[0, 0, 0] if training else NULL
+        a.hc = &hc[0, 0, 0] if training and has_proj else NULL
+        a.buf, a.tcb, a.hcell, a.scale, a.act = buf, tcb, hcell, scale, act
+        a.T, a.B, a.H, a.R, a.ts, a.reverse, a.sw, a.si = T, B, H, R, ts, reverse, &sw, &si
         with nogil:
-            for s in range(T):
-                t = T - 1 - s if reverse else s
-                nb = _n_active(len_p, B, t)
-                outt = &out[t, 0, 0]
-                # the step's gates are worked out in place: in the training
-                # cache itself when there is one
-                gb = &gates[t, 0, 0] if training else buf
-                activated = False
-                if has_peep:
-                    _input_step(gb, h_p, w_p, &sw, &si, t, B, nb, G, R, NULL)
-                else:
-                    # tanh arguments of all active rows (a/2 for the sigmoid
-                    # gates i, f, o; a for g), then, unless the product applied
-                    # the activations, one tanh call over them all: the rows of
-                    # gb are one contiguous block
-                    activated = _input_step(gb, h_p, w_p, &sw, &si, t, B, nb, G, R,
-                                            scale, act)
-                    if not activated:
-                        _vtanh(gb, gb, nb * G)
-                for b in range(nb):
-                    ar = gb + b * G
-                    cr = c_p + b * H
-                    if has_peep:
-                        for j in range(H):
-                            cp = cr[j]
-                            ar[j] = half * (ar[j] + p0[j] * cp)
-                            ar[H + j] = half * (ar[H + j] + p1[j] * cp)
-                        # o sees c_t: its argument is finished below
-                        _vtanh(ar, ar, 3 * H)
-                    # i, f and the new cell state
-                    for j in range(H):
-                        if activated:
-                            i = ar[j]
-                            f = ar[H + j]
-                        else:
-                            i = half * ar[j] + half
-                            f = half * ar[H + j] + half
-                            ar[j] = i
-                            ar[H + j] = f
-                        cr[j] = f * cr[j] + i * ar[2 * H + j]
-                    if has_peep:
-                        for j in range(H):
-                            ar[3 * H + j] = half * (ar[3 * H + j] + p2[j] * cr[j])
-                        _vtanh(ar + 3 * H, ar + 3 * H, H)
-                # tanh(c_t) of all active rows: c's rows are contiguous too
-                _vtanh(c_p, tcb, nb * H)
-                for b in range(nb):
-                    # o and the cell output
-                    ar = gb + b * G
-                    tr = tcb + b * H
-                    hr = hcell + b * H if has_proj else h_p + b * H
-                    for j in range(H):
-                        if activated:
-                            o = ar[3 * H + j]
-                        else:
-                            o = half * ar[3 * H + j] + half
-                            ar[3 * H + j] = o
-                        hr[j] = o * tr[j]
-                if has_proj:
-                    if nb > 0:
-                        # out[t, :nb] = h_cell @ W_hr.T, then the running state
-                        _matmul_nt(outt, hcell, wr_p, nb, R, H, zero)
-                        _copy(h_p, outt, nb * R)
-                    if training:
-                        _copy(&hc[t, 0, 0], hcell, nb * H)
-                        _zero(&hc[t, 0, 0] + nb * H, (B - nb) * H)
-                else:
-                    _copy(outt, h_p, nb * R)
-                _zero(outt + nb * R, (B - nb) * R)
-                if training:
-                    _zero(&gates[t, 0, 0] + nb * G, (B - nb) * G)
-                    _copy(&cs[t, 0, 0], c_p, nb * H)
-                    _zero(&cs[t, 0, 0] + nb * H, (B - nb) * H)
+            if floating is float:
+                # (the projection's products are BLAS calls: on one thread)
+                if sw.panels and not has_proj:
+                    split = _split_at(&lengths[0], B, T, (R + D) * G)
+                _run_rows(_lstm_forward_rows_f, &a, B, split)
+            else:
+                _lstm_forward_rows(<floating*>NULL, &a, 0, B)
     finally:
         _release(buf)
         _release(tcb)
@@ -2416,6 +2975,121 @@ def lstm_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
         _release(scale)
         _release(act)
         _free_input(&si, &sw)
+
+
+cdef void _lstm_backward_rows(floating* kind, const _LstmArgs* a, Py_ssize_t b0,
+                              Py_ssize_t b1) noexcept nogil:
+    """lstm_backward's steps over the rows ``b0:b1`` (the peephole sums are the
+    whole batch's: with peepholes, one call over all rows)."""
+    cdef Py_ssize_t T = a.T, B = a.B, H = a.H, R = a.R, G = 4 * H, n = b1 - b0
+    cdef bint has_proj = a.w_hr != NULL, has_peep = a.peep != NULL
+    cdef bint reverse = a.reverse
+    cdef const floating* w_p = <const floating*>a.w
+    cdef const floating* wr_p = <const floating*>a.w_hr
+    cdef const floating* p0 = <const floating*>a.peep
+    cdef const floating* p1 = p0 + H if has_peep else NULL
+    cdef const floating* p2 = p0 + 2 * H if has_peep else NULL
+    cdef const int64_t* len_p = a.lengths + b0
+    cdef floating* dh_p = <floating*>a.h + b0 * R
+    cdef floating* dc_p = <floating*>a.c + b0 * H
+    cdef const floating* gates_p = <const floating*>a.gates + b0 * G
+    cdef const floating* cs_p = <const floating*>a.cs + b0 * H
+    cdef const floating* c0_p = <const floating*>a.c0 + b0 * H
+    cdef const floating* dout_p = <const floating*>a.dout + b0 * R
+    cdef floating* dgx_p = <floating*>a.dgx + b0 * G
+    cdef floating* dhr_p = <floating*>a.dhr + b0 * R if has_proj else NULL
+    cdef floating* ghbuf = <floating*>a.hcell + b0 * H  # gradient w.r.t. h_cell
+    cdef floating* tcb = <floating*>a.tcb + b0 * H      # tanh(c_t)
+    cdef double* dp0 = a.dpacc
+    cdef double* dp1 = a.dpacc + H if has_peep else NULL
+    cdef double* dp2 = a.dpacc + 2 * H if has_peep else NULL
+    cdef Py_ssize_t s, t, b, j, k, nb
+    cdef const floating* gtr
+    cdef const floating* ctr
+    cdef const floating* cpr
+    cdef const floating* got
+    cdef floating* ghr
+    cdef floating* tr
+    cdef floating* dcr
+    cdef floating* dar
+    cdef floating* dhrt
+    cdef floating i, f, g, o, gh, tc, dao, gc, dai, daf, cp
+    cdef floating zero = 0, one = 1
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        nb = _n_active(len_p, n, t)
+        got = dout_p + t * a.ts
+        # g_h = dout[t] + dh (through W_hr when projected); the active
+        # rows are one contiguous block
+        if has_proj:
+            dhrt = dhr_p + t * B * R
+            for k in range(nb * R):
+                dhrt[k] = got[k] + dh_p[k]
+            _zero(dhrt + nb * R, (n - nb) * R)
+            if nb > 0:
+                _matmul_nn(ghbuf, dhrt, wr_p, nb, H, R, zero)
+        else:
+            for k in range(nb * H):
+                ghbuf[k] = got[k] + dh_p[k]
+        _vtanh(cs_p + t * B * H, tcb, nb * H)
+        for b in range(nb):
+            gtr = gates_p + (t * B + b) * G
+            ctr = cs_p + (t * B + b) * H
+            # c_{t-1}: c0 at the sample's first step, else the cache
+            if _first_step(len_p, b, t, reverse):
+                cpr = c0_p + b * H
+            elif reverse:
+                cpr = ctr + B * H
+            else:
+                cpr = ctr - B * H
+            ghr = ghbuf + b * H
+            tr = tcb + b * H
+            dcr = dc_p + b * H
+            dar = dgx_p + (t * B + b) * G
+            if has_peep:
+                for j in range(H):
+                    i = gtr[j]
+                    f = gtr[H + j]
+                    g = gtr[2 * H + j]
+                    o = gtr[3 * H + j]
+                    gh = ghr[j]
+                    tc = tr[j]
+                    cp = cpr[j]
+                    dao = gh * tc * o * (one - o)
+                    gc = dcr[j] + gh * o * (one - tc * tc) + dao * p2[j]
+                    dai = gc * g * i * (one - i)
+                    daf = gc * cp * f * (one - f)
+                    dar[j] = dai
+                    dar[H + j] = daf
+                    dar[2 * H + j] = gc * i * (one - g * g)
+                    dar[3 * H + j] = dao
+                    dcr[j] = gc * f + dai * p0[j] + daf * p1[j]
+                    dp0[j] += dai * cp
+                    dp1[j] += daf * cp
+                    dp2[j] += dao * ctr[j]
+            else:
+                for j in range(H):
+                    i = gtr[j]
+                    f = gtr[H + j]
+                    g = gtr[2 * H + j]
+                    o = gtr[3 * H + j]
+                    gh = ghr[j]
+                    tc = tr[j]
+                    dao = gh * tc * o * (one - o)
+                    gc = dcr[j] + gh * o * (one - tc * tc)
+                    dar[j] = gc * g * i * (one - i)
+                    dar[H + j] = gc * cpr[j] * f * (one - f)
+                    dar[2 * H + j] = gc * i * (one - g * g)
+                    dar[3 * H + j] = dao
+                    dcr[j] = gc * f
+        _zero(dgx_p + t * B * G + nb * G, (n - nb) * G)
+        if nb > 0:
+            # dh[:nb] = da @ W_hh (dh[:nb] was consumed above)
+            _back_product(dh_p, dgx_p + t * B * G, w_p, a.sw, nb, R, G, False)
+
+
+cdef void _lstm_backward_rows_f(void* a, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    _lstm_backward_rows(<float*>NULL, <const _LstmArgs*>a, b0, b1)
 
 
 def lstm_backward(const floating[:, ::1] w_hh, const floating[:, ::1] w_hr,
@@ -2453,120 +3127,43 @@ def lstm_backward(const floating[:, ::1] w_hh, const floating[:, ::1] w_hr,
         dpeep[:, :] = 0
     if T == 0 or B == 0:
         return
-    cdef const floating* w_p = &w_hh[0, 0]
-    # (no projection / no peepholes: zero-size arrays, never read)
-    cdef const floating* wr_p = &w_hr[0, 0] if has_proj else NULL
-    cdef const floating* p0 = &peep[0, 0] if has_peep else NULL
-    cdef const floating* p1 = p0 + H if has_peep else NULL
-    cdef const floating* p2 = p0 + 2 * H if has_peep else NULL
-    cdef const int64_t* len_p = &lengths[0]
-    cdef floating* dh_p = &dh[0, 0]
-    cdef floating* dc_p = &dc[0, 0]
-    cdef Py_ssize_t s, t, b, j, k, nb
-    cdef const floating* gtr
-    cdef const floating* ctr
-    cdef const floating* cpr
-    cdef const floating* got
-    cdef floating* ghr
-    cdef floating* tr
-    cdef floating* dcr
-    cdef floating* dar
-    cdef floating* dhrt
-    cdef floating i, f, g, o, gh, tc, dao, gc, dai, daf, cp
-    cdef floating zero = 0, one = 1
-    cdef double* dp0 = NULL
-    cdef double* dp1 = NULL
-    cdef double* dp2 = NULL
+    cdef Py_ssize_t j, k
     cdef floating* ghbuf = NULL   # gradient w.r.t. h_cell (before the projection)
     cdef floating* tcb = NULL     # tanh(c_t)
     cdef double* dpacc = NULL     # peephole gradient, accumulated in double
     cdef floating* no_dout = NULL  # zeros read as dout when there is none
+    cdef _LstmArgs a
     cdef _StepWeights sw
+    cdef Py_ssize_t split = 0
     sw.data = NULL
     try:
         if not has_dout:
-            no_dout = _zeros(dh_p, B * R)
-        _backward_weights(&sw, w_p, G, R, B, T)
+            no_dout = _zeros(&dh[0, 0], B * R)
+        _backward_weights(&sw, &w_hh[0, 0], G, R, B, T)
         ghbuf = <floating*>_alloc(B * H, sizeof(floating))
         tcb = <floating*>_alloc(B * H, sizeof(floating))
         if has_peep:
             dpacc = <double*>_alloc(3 * H, sizeof(double))
             memset(dpacc, 0, <size_t>(3 * H) * sizeof(double))
-            dp0 = dpacc
-            dp1 = dpacc + H
-            dp2 = dpacc + 2 * H
+        a.w, a.lengths, a.h, a.c = &w_hh[0, 0], &lengths[0], &dh[0, 0], &dc[0, 0]
+        a.w_hr = &w_hr[0, 0] if has_proj else NULL
+        a.peep = &peep[0, 0] if has_peep else NULL
+        a.gates, a.cs, a.c0 = <void*>&gates[0, 0, 0], <void*>&cs[0, 0, 0], &c0[0, 0]
+        a.dout = <const floating*>no_dout if no_dout != NULL else &dout[0, 0, 0]
+        a.ts = 0 if no_dout != NULL else B * R
+        a.dgx = &dgx[0, 0, 0]
+        a.dhr = &dhr[0, 0, 0] if has_proj else NULL
+        a.hcell, a.tcb, a.dpacc = ghbuf, tcb, dpacc
+        a.T, a.B, a.H, a.R, a.reverse, a.sw = T, B, H, R, reverse, &sw
         with nogil:
-            for s in range(T):
-                t = s if reverse else T - 1 - s
-                nb = _n_active(len_p, B, t)
-                got = &dout[t, 0, 0] if no_dout == NULL else no_dout
-                # g_h = dout[t] + dh (through W_hr when projected); the active
-                # rows are one contiguous block
-                if has_proj:
-                    dhrt = &dhr[t, 0, 0]
-                    for k in range(nb * R):
-                        dhrt[k] = got[k] + dh_p[k]
-                    _zero(dhrt + nb * R, (B - nb) * R)
-                    if nb > 0:
-                        _matmul_nn(ghbuf, dhrt, wr_p, nb, H, R, zero)
-                else:
-                    for k in range(nb * H):
-                        ghbuf[k] = got[k] + dh_p[k]
-                _vtanh(&cs[t, 0, 0], tcb, nb * H)
-                for b in range(nb):
-                    gtr = &gates[t, b, 0]
-                    ctr = &cs[t, b, 0]
-                    # c_{t-1}: c0 at the sample's first step, else the cache
-                    if _first_step(len_p, b, t, reverse):
-                        cpr = &c0[b, 0]
-                    elif reverse:
-                        cpr = &cs[t + 1, b, 0]
-                    else:
-                        cpr = &cs[t - 1, b, 0]
-                    ghr = ghbuf + b * H
-                    tr = tcb + b * H
-                    dcr = dc_p + b * H
-                    dar = &dgx[t, b, 0]
-                    if has_peep:
-                        for j in range(H):
-                            i = gtr[j]
-                            f = gtr[H + j]
-                            g = gtr[2 * H + j]
-                            o = gtr[3 * H + j]
-                            gh = ghr[j]
-                            tc = tr[j]
-                            cp = cpr[j]
-                            dao = gh * tc * o * (one - o)
-                            gc = dcr[j] + gh * o * (one - tc * tc) + dao * p2[j]
-                            dai = gc * g * i * (one - i)
-                            daf = gc * cp * f * (one - f)
-                            dar[j] = dai
-                            dar[H + j] = daf
-                            dar[2 * H + j] = gc * i * (one - g * g)
-                            dar[3 * H + j] = dao
-                            dcr[j] = gc * f + dai * p0[j] + daf * p1[j]
-                            dp0[j] += dai * cp
-                            dp1[j] += daf * cp
-                            dp2[j] += dao * ctr[j]
-                    else:
-                        for j in range(H):
-                            i = gtr[j]
-                            f = gtr[H + j]
-                            g = gtr[2 * H + j]
-                            o = gtr[3 * H + j]
-                            gh = ghr[j]
-                            tc = tr[j]
-                            dao = gh * tc * o * (one - o)
-                            gc = dcr[j] + gh * o * (one - tc * tc)
-                            dar[j] = gc * g * i * (one - i)
-                            dar[H + j] = gc * cpr[j] * f * (one - f)
-                            dar[2 * H + j] = gc * i * (one - g * g)
-                            dar[3 * H + j] = dao
-                            dcr[j] = gc * f
-                _zero(&dgx[t, 0, 0] + nb * G, (B - nb) * G)
-                if nb > 0:
-                    # dh[:nb] = da @ W_hh (dh[:nb] was consumed above)
-                    _back_product(dh_p, &dgx[t, 0, 0], w_p, &sw, nb, R, G, False)
+            if floating is float:
+                # (one call with peepholes, whose sums are the whole batch's,
+                # or a projection, whose products are BLAS calls)
+                if sw.panels and not has_proj and not has_peep:
+                    split = _split_at(&lengths[0], B, T, R * G)
+                _run_rows(_lstm_backward_rows_f, &a, B, split)
+            else:
+                _lstm_backward_rows(<floating*>NULL, &a, 0, B)
         if has_peep:
             for k in range(3):
                 for j in range(H):
@@ -2580,6 +3177,145 @@ def lstm_backward(const floating[:, ::1] w_hh, const floating[:, ::1] w_hr,
 
 
 # --------------------------------------------------------------------- GRU
+
+
+cdef struct _GruArgs:
+    # what gru_forward's and gru_backward's rows need (see _run_rows); float
+    # or double pointers as the call's dtype
+    const void* w          # W_hh (G, H)
+    const void* b_hn       # forward: (H,)
+    const void* bias       # forward: (G,)
+    const int64_t* lengths
+    void* h                # forward: h (B, H); backward: dh
+    void* out              # (T, B, H), the forward's steps ts apart
+    void* gates            # (T, B, G); NULL in eval
+    void* ghn              # (T, B, H); NULL in eval
+    void* buf              # forward in eval: (B, G) work rows
+    void* hnb              # forward: (B, H) work rows, W_hn h_{t-1} + b_hn
+    void* nbuf             # forward: (B, H) work rows, the candidate n
+    const void* scale      # forward: (2H,)
+    const void* act        # forward: (4H,) or NULL
+    const void* h0         # backward: (B, H)
+    const void* dout       # backward: (T, B, H), or zeros (B, H) read at every step
+    void* dgx              # backward: (T, B, G)
+    void* dgh              # backward: (T, B, G)
+    Py_ssize_t T, B, H, D, ts  # ts: out's step stride (forward), dout's (backward)
+    bint reverse
+    const _StepWeights* sw
+    const _StepInput* si
+
+
+cdef void _gru_forward_rows(floating* kind, const _GruArgs* a, Py_ssize_t b0,
+                            Py_ssize_t b1) noexcept nogil:
+    """gru_forward's steps over the rows ``b0:b1``."""
+    cdef Py_ssize_t T = a.T, B = a.B, H = a.H, D = a.D, G = 3 * H, n = b1 - b0
+    cdef bint training = a.gates != NULL
+    cdef const _StepInput* si = a.si
+    cdef bint fused = si.fused > 0
+    cdef const floating* w_p = <const floating*>a.w
+    cdef const floating* bn_p = <const floating*>a.b_hn
+    cdef const floating* bias_p = <const floating*>a.bias
+    cdef const int64_t* len_p = a.lengths + b0
+    cdef floating* h_p = <floating*>a.h + b0 * H
+    cdef floating* out_p = <floating*>a.out + b0 * H
+    cdef floating* gates_p = <floating*>a.gates + b0 * G if training else NULL
+    cdef floating* ghn_p = <floating*>a.ghn + b0 * H if training else NULL
+    # per active row: W_hh h_{t-1}, turned in place into the gates (r, z, n);
+    # in training gates[t] itself serves
+    cdef floating* buf = <floating*>a.buf + b0 * G if not training else NULL
+    cdef floating* hnb = <floating*>a.hnb + b0 * H    # W_hn h_{t-1} + b_hn
+    cdef floating* nbuf = <floating*>a.nbuf + b0 * H  # the candidate n of the active rows
+    # unfused: the input terms of all steps
+    cdef const floating* gx_p = <const floating*>si.gx + b0 * G if not fused else NULL
+    cdef const floating* scale = <const floating*>a.scale
+    cdef const floating* act = <const floating*>a.act
+    cdef Py_ssize_t s, t, b, j, k, nb
+    cdef const floating* gr
+    cdef floating* ar
+    cdef floating* hr
+    cdef floating* hnr
+    cdef floating* outt
+    cdef const floating* xn       # a row's input term of n
+    cdef floating* gb             # this step's gates: buf, or gates[t] when training
+    cdef floating r, z, one = 1, half = 0.5
+    cdef bint activated
+    for s in range(T):
+        t = T - 1 - s if a.reverse else s
+        nb = _n_active(len_p, n, t)
+        # the step's gates are worked out in place: in the training
+        # cache itself when there is one
+        gb = gates_p + t * B * G if training else buf
+        activated = False
+        if fused:
+            # r, z: their sigmoids, applied by the product (or their
+            # tanh arguments, halved); n's terms W_hn h + b_hn into
+            # gb's n part (as unfused, so that a tanh over the whole
+            # block below reads finite numbers there), W_in x_t + b_in
+            # into nbuf
+            activated = _input_step(gb, h_p, w_p, a.sw, si, t, B, nb, G, H, scale,
+                                    act, b0)
+            if floating is float and nb > 0:
+                fastrnn_sgemm_panels(nb, H, H, <const float*>h_p, H,
+                                     <const float*>si.h_panels, gb + 2 * H, G,
+                                     0, bn_p, 0, NULL, NULL)
+                fastrnn_sgemm_panels(nb, H, D,
+                                     <const float*>si.x + t * si.xts + b0 * D, D,
+                                     <const float*>si.x_panels, nbuf, H, 0,
+                                     bias_p + 2 * H, 0, NULL, NULL)
+            for b in range(nb):
+                ar = gb + b * G
+                _copy(hnb + b * H, ar + 2 * H, H)
+        else:
+            _step_product(gb, h_p, w_p, a.sw, nb, G, H, NULL, NULL)
+            for b in range(nb):
+                gr = gx_p + (t * B + b) * G
+                ar = gb + b * G
+                hnr = hnb + b * H
+                for k in range(2 * H):
+                    ar[k] = half * (gr[k] + ar[k])
+                for j in range(H):
+                    hnr[j] = ar[2 * H + j] + bn_p[j]
+        # One tanh call per phase over all active rows (the call, not
+        # the arithmetic, dominates at small H): first r, z over the
+        # whole block, the n part of which is junk, overwritten below
+        # (unless the product applied their sigmoids); then n,
+        # gathered in nbuf.
+        if not activated:
+            _vtanh(gb, gb, nb * G)
+        for b in range(nb):
+            if fused:
+                xn = nbuf + b * H
+            else:
+                xn = gx_p + (t * B + b) * G + 2 * H
+            ar = gb + b * G
+            hnr = hnb + b * H
+            for j in range(H):
+                if activated:
+                    r = ar[j]
+                else:
+                    r = half * ar[j] + half
+                    ar[j] = r
+                    ar[H + j] = half * ar[H + j] + half
+                nbuf[b * H + j] = xn[j] + r * hnr[j]
+        _vtanh(nbuf, nbuf, nb * H)
+        for b in range(nb):
+            ar = gb + b * G
+            hr = h_p + b * H
+            for j in range(H):
+                z = ar[H + j]
+                ar[2 * H + j] = nbuf[b * H + j]
+                hr[j] = (one - z) * nbuf[b * H + j] + z * hr[j]
+        outt = out_p + t * a.ts
+        _copy(outt, h_p, nb * H)
+        _zero(outt + nb * H, (n - nb) * H)
+        if training:
+            _zero(gb + nb * G, (n - nb) * G)
+            _copy(ghn_p + t * B * H, hnb, nb * H)
+            _zero(ghn_p + t * B * H + nb * H, (n - nb) * H)
+
+
+cdef void _gru_forward_rows_f(void* a, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    _gru_forward_rows(<float*>NULL, <const _GruArgs*>a, b0, b1)
 
 
 def gru_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
@@ -2596,128 +3332,54 @@ def gru_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
     _expect("w_hh", w_hh.shape, 2, G, H)
     _expect("b_hn", b_hn.shape, 1, H)
     _expect("h", h.shape, 2, B, H)
-    _out_step_stride(out, T, B, H)
+    cdef Py_ssize_t ts = _out_step_stride(out, T, B, H)
     if training:
         _expect("gates", gates.shape, 3, T, B, G)
         _expect("ghn", ghn.shape, 3, T, B, H)
     _check_lengths(lengths, B, T)
     if T == 0 or B == 0:
         return
-    cdef const floating* w_p = &w_hh[0, 0]
-    cdef const floating* bn_p = &b_hn[0]
-    cdef const int64_t* len_p = &lengths[0]
-    cdef floating* h_p = &h[0, 0]
-    cdef Py_ssize_t s, t, b, j, k, nb
-    cdef const floating* gr
-    cdef floating* ar
-    cdef floating* hr
-    cdef floating* hnr
-    cdef floating r, z, zero = 0, one = 1, half = 0.5
-    # per active row: W_hh h_{t-1}, turned in place into the gates (r, z, n);
-    # in training gates[t] itself serves
-    cdef floating* buf = NULL
-    cdef floating* gb             # this step's gates: buf, or gates[t] when training
-    cdef floating* hnb = NULL   # W_hn h_{t-1} + b_hn
-    cdef floating* nbuf = NULL  # the candidate n of the active rows
-    cdef const floating* gx_p     # unfused: the input terms of all steps
-    cdef const floating* xn       # a row's input term of n
-    cdef const floating* bias_p = &bias[0]
+    cdef Py_ssize_t k
+    cdef floating half = 0.5
+    cdef floating* buf = NULL     # eval: the step's gates
+    cdef floating* hnb = NULL     # W_hn h_{t-1} + b_hn
+    cdef floating* nbuf = NULL    # the candidate n of the active rows
     cdef floating* scale = NULL   # 1/2 for r and z (fused)
     cdef floating* act = NULL     # fused: r and z's sigmoids in the product (1/2, 1/2)
     cdef object terms             # unfused: the input terms of all steps
-    cdef bint fused, activated
+    cdef _GruArgs a
     cdef _StepWeights sw
     cdef _StepInput si
+    cdef Py_ssize_t split = 0
     sw.data = si.gx = si.h_panels = si.x_panels = NULL
     try:
         if not training:
             buf = <floating*>_alloc(B * G, sizeof(floating))
         # fused, only r and z: n's input term stays apart from its recurrent one
-        terms = _forward_input(&si, &sw, &x[0, 0, 0], xts, &w_ih[0, 0], bias_p, w_p, T,
-                               B, D, G, H, len_p, NULL, 2 * H)
-        fused = si.fused > 0
-        gx_p = <const floating*>si.gx
+        terms = _forward_input(&si, &sw, &x[0, 0, 0], xts, &w_ih[0, 0], &bias[0],
+                               &w_hh[0, 0], T, B, D, G, H, &lengths[0], NULL, 2 * H)
         hnb = <floating*>_alloc(B * H, sizeof(floating))
         nbuf = <floating*>_alloc(B * H, sizeof(floating))
         scale = <floating*>_alloc(2 * H, sizeof(floating))
         for k in range(2 * H):
             scale[k] = half
-        if fused:  # (float32 only) the product's columns are r and z alone
+        if si.fused > 0:  # (float32 only) the product's columns are r and z alone
             act = <floating*>_alloc(4 * H, sizeof(floating))
             for k in range(4 * H):
                 act[k] = half
+        a.w, a.b_hn, a.bias, a.lengths = &w_hh[0, 0], &b_hn[0], &bias[0], &lengths[0]
+        a.h, a.out = &h[0, 0], &out[0, 0, 0]
+        a.gates = &gates[0, 0, 0] if training else NULL
+        a.ghn = &ghn[0, 0, 0] if training else NULL
+        a.buf, a.hnb, a.nbuf, a.scale, a.act = buf, hnb, nbuf, scale, act
+        a.T, a.B, a.H, a.D, a.ts, a.reverse, a.sw, a.si = T, B, H, D, ts, reverse, &sw, &si
         with nogil:
-            for s in range(T):
-                t = T - 1 - s if reverse else s
-                nb = _n_active(len_p, B, t)
-                # the step's gates are worked out in place: in the training
-                # cache itself when there is one
-                gb = &gates[t, 0, 0] if training else buf
-                activated = False
-                if fused:
-                    # r, z: their sigmoids, applied by the product (or their
-                    # tanh arguments, halved); n's terms W_hn h + b_hn into
-                    # gb's n part (as unfused, so that a tanh over the whole
-                    # block below reads finite numbers there), W_in x_t + b_in
-                    # into nbuf
-                    activated = _input_step(gb, h_p, w_p, &sw, &si, t, B, nb, G, H, scale,
-                                            act)
-                    if floating is float and nb > 0:
-                        fastrnn_sgemm_panels(nb, H, H, <const float*>h_p, H,
-                                             <const float*>si.h_panels, gb + 2 * H, G,
-                                             0, bn_p, 0, NULL, NULL)
-                        fastrnn_sgemm_panels(nb, H, D, <const float*>si.x + t * si.xts, D,
-                                             <const float*>si.x_panels, nbuf, H, 0,
-                                             bias_p + 2 * H, 0, NULL, NULL)
-                    for b in range(nb):
-                        ar = gb + b * G
-                        _copy(hnb + b * H, ar + 2 * H, H)
-                else:
-                    _step_product(gb, h_p, w_p, &sw, nb, G, H, NULL, NULL)
-                    for b in range(nb):
-                        gr = gx_p + (t * B + b) * G
-                        ar = gb + b * G
-                        hnr = hnb + b * H
-                        for k in range(2 * H):
-                            ar[k] = half * (gr[k] + ar[k])
-                        for j in range(H):
-                            hnr[j] = ar[2 * H + j] + bn_p[j]
-                # One tanh call per phase over all active rows (the call, not
-                # the arithmetic, dominates at small H): first r, z over the
-                # whole block, the n part of which is junk, overwritten below
-                # (unless the product applied their sigmoids); then n,
-                # gathered in nbuf.
-                if not activated:
-                    _vtanh(gb, gb, nb * G)
-                for b in range(nb):
-                    if fused:
-                        xn = nbuf + b * H
-                    else:
-                        xn = gx_p + (t * B + b) * G + 2 * H
-                    ar = gb + b * G
-                    hnr = hnb + b * H
-                    for j in range(H):
-                        if activated:
-                            r = ar[j]
-                        else:
-                            r = half * ar[j] + half
-                            ar[j] = r
-                            ar[H + j] = half * ar[H + j] + half
-                        nbuf[b * H + j] = xn[j] + r * hnr[j]
-                _vtanh(nbuf, nbuf, nb * H)
-                for b in range(nb):
-                    ar = gb + b * G
-                    hr = h_p + b * H
-                    for j in range(H):
-                        z = ar[H + j]
-                        ar[2 * H + j] = nbuf[b * H + j]
-                        hr[j] = (one - z) * nbuf[b * H + j] + z * hr[j]
-                _copy(&out[t, 0, 0], h_p, nb * H)
-                _zero(&out[t, 0, 0] + nb * H, (B - nb) * H)
-                if training:
-                    _zero(&gates[t, 0, 0] + nb * G, (B - nb) * G)
-                    _copy(&ghn[t, 0, 0], hnb, nb * H)
-                    _zero(&ghn[t, 0, 0] + nb * H, (B - nb) * H)
+            if floating is float:
+                if sw.panels:
+                    split = _split_at(&lengths[0], B, T, (H + D) * G)
+                _run_rows(_gru_forward_rows_f, &a, B, split)
+            else:
+                _gru_forward_rows(<floating*>NULL, &a, 0, B)
     finally:
         _release(buf)
         _release(hnb)
@@ -2725,6 +3387,73 @@ def gru_forward(const floating[:, :, :] x, const floating[:, ::1] w_ih,
         _release(scale)
         _release(act)
         _free_input(&si, &sw)
+
+
+cdef void _gru_backward_rows(floating* kind, const _GruArgs* a, Py_ssize_t b0,
+                             Py_ssize_t b1) noexcept nogil:
+    """gru_backward's steps over the rows ``b0:b1``."""
+    cdef Py_ssize_t T = a.T, B = a.B, H = a.H, G = 3 * H, n = b1 - b0
+    cdef bint reverse = a.reverse
+    cdef const floating* w_p = <const floating*>a.w
+    cdef const int64_t* len_p = a.lengths + b0
+    cdef floating* dh_p = <floating*>a.h + b0 * H
+    cdef const floating* out_p = <const floating*>a.out + b0 * H
+    cdef const floating* gates_p = <const floating*>a.gates + b0 * G
+    cdef const floating* ghn_p = <const floating*>a.ghn + b0 * H
+    cdef const floating* h0_p = <const floating*>a.h0 + b0 * H
+    cdef const floating* dout_p = <const floating*>a.dout + b0 * H
+    cdef floating* dgx_p = <floating*>a.dgx + b0 * G
+    cdef floating* dgh_p = <floating*>a.dgh + b0 * G
+    cdef Py_ssize_t s, t, b, j, nb
+    cdef const floating* gtr
+    cdef const floating* hpr
+    cdef const floating* ghr
+    cdef const floating* gor
+    cdef floating* dhb
+    cdef floating* dxr
+    cdef floating* drr
+    cdef floating r, z, nn, g, dan, dar, one = 1
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        nb = _n_active(len_p, n, t)
+        for b in range(nb):
+            gtr = gates_p + (t * B + b) * G
+            # h_{t-1}: h0 at the sample's first step, else the previous output
+            if _first_step(len_p, b, t, reverse):
+                hpr = h0_p + b * H
+            elif reverse:
+                hpr = out_p + ((t + 1) * B + b) * H
+            else:
+                hpr = out_p + ((t - 1) * B + b) * H
+            ghr = ghn_p + (t * B + b) * H
+            gor = dout_p + t * a.ts + b * H
+            dhb = dh_p + b * H
+            dxr = dgx_p + (t * B + b) * G
+            drr = dgh_p + (t * B + b) * G
+            for j in range(H):
+                r = gtr[j]
+                z = gtr[H + j]
+                nn = gtr[2 * H + j]
+                g = gor[j] + dhb[j]
+                dan = g * (one - z) * (one - nn * nn)
+                dar = dan * ghr[j] * r * (one - r)
+                dxr[j] = dar
+                dxr[H + j] = g * (hpr[j] - nn) * z * (one - z)
+                dxr[2 * H + j] = dan
+                drr[j] = dar
+                drr[H + j] = dxr[H + j]
+                drr[2 * H + j] = dan * r
+                # the direct path; the recurrent one is added below
+                dhb[j] = g * z
+        _zero(dgx_p + t * B * G + nb * G, (n - nb) * G)
+        _zero(dgh_p + t * B * G + nb * G, (n - nb) * G)
+        if nb > 0:
+            # dh[:nb] = g * z + dgh[t, :nb] @ W_hh
+            _back_product(dh_p, dgh_p + t * B * G, w_p, a.sw, nb, H, G, True)
+
+
+cdef void _gru_backward_rows_f(void* a, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    _gru_backward_rows(<float*>NULL, <const _GruArgs*>a, b0, b1)
 
 
 def gru_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
@@ -2747,64 +3476,28 @@ def gru_backward(const floating[:, ::1] w_hh, const int64_t[::1] lengths,
     _check_lengths(lengths, B, T)
     if T == 0 or B == 0:
         return
-    cdef const floating* w_p = &w_hh[0, 0]
-    cdef const int64_t* len_p = &lengths[0]
-    cdef floating* dh_p = &dh[0, 0]
-    cdef Py_ssize_t s, t, b, j, nb
-    cdef const floating* gtr
-    cdef const floating* hpr
-    cdef const floating* ghr
-    cdef const floating* gor
-    cdef floating* dhb
-    cdef floating* dxr
-    cdef floating* drr
-    cdef floating r, z, n, g, dan, dar, one = 1
     cdef floating* no_dout = NULL  # zeros read as dout when there is none
+    cdef _GruArgs a
     cdef _StepWeights sw
+    cdef Py_ssize_t split = 0
     sw.data = NULL
     try:
         if not has_dout:
-            no_dout = _zeros(dh_p, B * H)
-        _backward_weights(&sw, w_p, G, H, B, T)
+            no_dout = _zeros(&dh[0, 0], B * H)
+        _backward_weights(&sw, &w_hh[0, 0], G, H, B, T)
+        a.w, a.lengths, a.h, a.h0 = &w_hh[0, 0], &lengths[0], &dh[0, 0], &h0[0, 0]
+        a.out, a.gates, a.ghn = <void*>&out[0, 0, 0], <void*>&gates[0, 0, 0], <void*>&ghn[0, 0, 0]
+        a.dout = <const floating*>no_dout if no_dout != NULL else &dout[0, 0, 0]
+        a.ts = 0 if no_dout != NULL else B * H
+        a.dgx, a.dgh = &dgx[0, 0, 0], &dgh[0, 0, 0]
+        a.T, a.B, a.H, a.reverse, a.sw = T, B, H, reverse, &sw
         with nogil:
-            for s in range(T):
-                t = s if reverse else T - 1 - s
-                nb = _n_active(len_p, B, t)
-                for b in range(nb):
-                    gtr = &gates[t, b, 0]
-                    # h_{t-1}: h0 at the sample's first step, else the previous output
-                    if _first_step(len_p, b, t, reverse):
-                        hpr = &h0[b, 0]
-                    elif reverse:
-                        hpr = &out[t + 1, b, 0]
-                    else:
-                        hpr = &out[t - 1, b, 0]
-                    ghr = &ghn[t, b, 0]
-                    gor = &dout[t, b, 0] if no_dout == NULL else no_dout + b * H
-                    dhb = dh_p + b * H
-                    dxr = &dgx[t, b, 0]
-                    drr = &dgh[t, b, 0]
-                    for j in range(H):
-                        r = gtr[j]
-                        z = gtr[H + j]
-                        n = gtr[2 * H + j]
-                        g = gor[j] + dhb[j]
-                        dan = g * (one - z) * (one - n * n)
-                        dar = dan * ghr[j] * r * (one - r)
-                        dxr[j] = dar
-                        dxr[H + j] = g * (hpr[j] - n) * z * (one - z)
-                        dxr[2 * H + j] = dan
-                        drr[j] = dar
-                        drr[H + j] = dxr[H + j]
-                        drr[2 * H + j] = dan * r
-                        # the direct path; the recurrent one is added below
-                        dhb[j] = g * z
-                _zero(&dgx[t, 0, 0] + nb * G, (B - nb) * G)
-                _zero(&dgh[t, 0, 0] + nb * G, (B - nb) * G)
-                if nb > 0:
-                    # dh[:nb] = g * z + dgh[t, :nb] @ W_hh
-                    _back_product(dh_p, &dgh[t, 0, 0], w_p, &sw, nb, H, G, True)
+            if floating is float:
+                if sw.panels:
+                    split = _split_at(&lengths[0], B, T, G * H)
+                _run_rows(_gru_backward_rows_f, &a, B, split)
+            else:
+                _gru_backward_rows(<floating*>NULL, &a, 0, B)
     finally:
         _release(sw.data)
         _release(no_dout)
-
