@@ -1,10 +1,11 @@
-"""The layers' thread hand-over, and the LSTM's two weight gradients in one
-product against two (both measured in the README's "Threads, BLAS and
-memory")."""
+"""The layers' thread hand-over, the kernels' rows on the helper thread
+against the batch split over Python threads, and the LSTM's two weight
+gradients in one product against two (all measured in the README's
+"Threads, BLAS and memory")."""
 
 import time
 
-from .common import QUICK, ThreadsMixin, runner, scenarios
+from .common import CELLS, QUICK, ThreadsMixin, runner, scenarios
 
 
 def _busy(seconds):
@@ -73,4 +74,33 @@ class LSTMWeightGradients(ThreadsMixin):
         super().teardown(*args)
 
     def time_step(self, sid, products):
+        self.step()
+
+
+class RowSplit(ThreadsMixin):
+    """Steps on two threads, float32: each kernel splitting its samples' rows
+    with the Cython extension's helper thread (``rows``, the layers' choice:
+    ``fastrnn.nn._RNNBase._splits_rows``), against the layers splitting the
+    batch over Python threads (``slices``, which S4's 32 samples never did,
+    so it runs on one thread there)."""
+
+    params = (scenarios("S2", "S3", "S4", "S7"), CELLS, ["rows", "slices"])
+    param_names = ["scenario", "cell", "split"]
+    timeout = 300
+
+    def setup(self, sid, cell, split):
+        from fastrnn import nn
+
+        self._nn, self._rule = nn, nn._RNNBase._splits_rows
+        if split == "slices":
+            nn._RNNBase._splits_rows = lambda layer, B: False
+        self._limit(sid)
+        self.step = runner(sid, cell, "auto")
+        self.step()
+
+    def teardown(self, *args):
+        self._nn._RNNBase._splits_rows = self._rule
+        super().teardown(*args)
+
+    def time_step(self, sid, cell, split):
         self.step()

@@ -161,7 +161,9 @@ def _map_parts(fn, items, split_rows=False):
             return run(item)
 
     if len(items) == 1:
-        with row_split(split_rows):
+        if not split_rows:  # (no context manager on S1's path: 2 us of 80)
+            return [run(items[0])]
+        with row_split():
             return [run(items[0])]
     with _config.single_threaded_blas():
         pool = _config.thread_pool(len(items) - 1)
@@ -388,7 +390,7 @@ class _RNNBase:
         h0, c0 = self._check_hx(hx, B, unbatched)
         masks = self._dropout_masks(T, B)
 
-        split_rows = self._splits_rows()
+        split_rows = self._splits_rows(B)
         parts = _batch_parts(B, lengths, split_rows)
         index = None if isinstance(parts[0], slice) else parts
         # Split over threads, each part places its output in the whole batch's
@@ -425,11 +427,12 @@ class _RNNBase:
             return output, (h_n, self._state_to_user(c_n, unbatched))
         return output, h_n
 
-    def _splits_rows(self):
-        """Whether this layer's calls run whole on the calling thread, each
-        kernel splitting its samples' rows with the Cython extension's helper
-        thread (float32 on the panels, two threads or more allowed), rather
-        than split the batch over Python threads (:func:`_batch_parts`).
+    def _splits_rows(self, B):
+        """Whether this layer's calls over ``B`` samples run whole on the
+        calling thread, each kernel splitting its samples' rows with the Cython
+        extension's helper thread (float32 on the panels, enough samples, two
+        threads or more allowed), rather than split the batch over Python
+        threads (:func:`_batch_parts`).
 
         The batch slices run whole layers on Python threads, which hand the
         GIL back and forth around every NumPy call and kernel; on these virtual
@@ -441,10 +444,14 @@ class _RNNBase:
         against 3.1; S7 LSTM 7.0 against 7.4, RNN 2.1 against 2.4; S2 GRU 10.8
         against 11.8; and S4, whose 32 samples did not split at all, LSTM
         0.51 ms against 0.68, GRU 0.45 against 0.60."""
-        if self.dtype != np.float32 or _config.available_threads() < 2:
+        if self.dtype != np.float32 or B < 2:
             return False
         kernels = _kernels.get_kernels(self.backend)
-        return bool(getattr(kernels, "HAS_ROW_SPLIT", False)) and kernels.panel_products()
+        # (the thread count last: reading BLAS's costs microseconds, which
+        # showed at S1, whose one sample never splits)
+        return (bool(getattr(kernels, "HAS_ROW_SPLIT", False))
+                and B >= kernels.row_split_min_rows() and kernels.panel_products()
+                and _config.available_threads() > 1)
 
     def _dropout_masks(self, T, B):
         """Per layer, the inverted-dropout mask on its input (T, B, F), or None:

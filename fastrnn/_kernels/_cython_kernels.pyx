@@ -452,6 +452,11 @@ cdef Py_ssize_t _split_min_rows = 8
 cdef Py_ssize_t _split_min_macs = 1 << 20
 
 
+def row_split_min_rows():
+    """The fewest samples a kernel call splits (two sides of ``_split_min_rows``)."""
+    return 2 * _split_min_rows
+
+
 def _set_split_bounds(Py_ssize_t min_rows, Py_ssize_t min_macs):
     """Set the two bounds above (for the tests, which split small calls);
     returns the previous ones."""
