@@ -377,7 +377,7 @@ cdef extern from *:
         fastrnn_helper_b1 = b1;
         fastrnn_helper_ftz = fastrnn_get_ftz();
         fastrnn_helper_note_caller();
-        job = ((fastrnn_helper_job >> 2) % 0x1FFFFFFE + 1) << 2;
+        job = ((__atomic_load_n(&fastrnn_helper_job, __ATOMIC_RELAXED) >> 2) % 0x1FFFFFFE + 1) << 2;
         __atomic_store_n(&fastrnn_helper_job, job, __ATOMIC_RELEASE);
         if (__atomic_load_n(&fastrnn_helper_sleeping, __ATOMIC_ACQUIRE))
             fastrnn_helper_wake();
