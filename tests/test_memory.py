@@ -53,6 +53,28 @@ def test_freed_block_is_reused_for_the_same_size():
         assert _memory.reused_bytes() == 0
 
 
+def test_the_last_freed_of_equal_blocks_comes_back_first():
+    """Of several kept blocks that fit equally, the one freed last is handed
+    out: a call's arrays come back where its previous call had them (still
+    in the caches), not in blocks another workload left long ago."""
+    with _memory.reuse_array_memory():
+        old = [np.empty(MIN, np.uint8) for _ in range(3)]
+        recent = np.empty(MIN, np.uint8)
+        address = recent.ctypes.data
+        del old
+        del recent
+        assert _memory.reused_bytes() == 4 * MIN
+        again = np.empty(MIN, np.uint8)
+        assert again.ctypes.data == address
+        # and the smallest that fits still goes before a larger one freed later
+        small = np.empty(MIN + 8, np.uint8)
+        small_address = small.ctypes.data
+        large = np.empty(MIN + 4096, np.uint8)
+        del small
+        del large
+        assert np.empty(MIN + 8, np.uint8).ctypes.data == small_address
+
+
 def test_small_and_too_different_sizes_are_not_kept():
     with _memory.reuse_array_memory():
         a = np.empty(MIN - 1, np.uint8)
