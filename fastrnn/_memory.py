@@ -9,7 +9,7 @@ its memory (glibc's ``MALLOC_MMAP_THRESHOLD_`` raised, for the experiment).
 
 Inside :func:`reuse_array_memory` (every layer call runs inside it, in each of
 its threads), NumPy allocates array data through an allocator of the Cython
-extension that keeps freed blocks of 256 KiB or more, up to
+extension that keeps freed blocks of 128 KiB or more, up to
 ``fastrnn._config.REUSED_MEMORY_BYTES`` in all (the oldest go first), and hands
 one out again for a request of up to a quarter less, zero-filled ones
 (``np.zeros``) included, cleared. It never keeps more than the most bytes of
@@ -112,7 +112,7 @@ def reused_bytes():
 
 
 def blocks_in_use():
-    """``(now, most)``: bytes of arrays (and kernel buffers) of 256 KiB or
+    """``(now, most)``: bytes of arrays (and kernel buffers) of 128 KiB or
     more from the reusing allocator not freed yet, now and at most at once
     since :func:`release_memory`; no more than ``most`` is kept."""
     return (0, 0) if _blocks_in_use is None else tuple(int(v) for v in _blocks_in_use())

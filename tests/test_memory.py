@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(
     _memory._HANDLER is None,
     reason="SKIPPED: the Cython extension is not built, so fastrnn._memory is a no-op")
 
-MIN = 1 << 18
+MIN = 1 << 17
 
 
 def _handler_name(a):

@@ -531,7 +531,12 @@ cdef extern from *:
        tracemalloc: NumPy tracks and untracks array data around every call of
        a handler, so arrays from here stay visible, and kept blocks do not. */
     #define FASTRNN_HDR 64
-    #define FASTRNN_REUSE_MIN ((size_t)1 << 18)
+    /* 128 KiB: with 256, S4's (50, 32, 32) float32 arrays (200 KB) came from
+       glibc's heap, whose top it trimmed and grew back every step (1.7 brk
+       calls a step), each trim a TLB shoot-down to the kernels' helper
+       thread on the other core: S4 LSTM 0.60 ms against 0.48-0.51, GRU 0.57
+       against 0.44-0.46; 64 KiB gained no more. */
+    #define FASTRNN_REUSE_MIN ((size_t)1 << 17)
     #define FASTRNN_SLOTS 128
     /* NumPy's own allocator advises huge pages from this size on */
     #define FASTRNN_HUGEPAGE_MIN ((size_t)1 << 22)
