@@ -16,9 +16,10 @@ AUTO_ORDER = ("cython", "numba", "reference")
 
 _VALID = ("auto", "cython", "numba", "reference")
 
-#: The layers split a batch over threads (see :func:`batch_threads`) only when
-#: each thread gets at least this many samples: below, a thread's share is too
-#: small to pay for starting it.
+#: Where the layers split a batch over Python threads (see :func:`batch_threads`;
+#: float64 and the backends without the kernels' own row split, see
+#: ``fastrnn.nn._RNNBase._splits_rows``), each thread gets at least this many
+#: samples: below, a thread's share is too small to pay for starting it.
 MIN_SAMPLES_PER_THREAD = 32
 
 #: In eval mode a layer runs its kernel this many time steps at a time, so that

@@ -148,11 +148,15 @@ _PARAMS_DOC = """
         Precision of the weights and the computation. float32 is as accurate as
         training needs and about twice as fast; float64 is for gradient checks.
     n_jobs : int or None, default=None
-        Threads a batch of at least 64 sequences is split over, in ``fit`` and
-        in ``predict`` (each thread takes whole sequences, BLAS runs on one
-        thread meanwhile). None: ``fit`` on one thread, ``predict`` on as many
-        as BLAS may use; -1: all cores, -2: all but one, and so on. Results do
-        not depend on it beyond float rounding.
+        Threads each batch is split over, in ``fit`` and in ``predict``, each
+        thread taking whole sequences: in float32 on the Cython kernels, with
+        two threads (or too few sequences for three slices), each kernel
+        splits a batch of 16 sequences or more with the extension's helper
+        thread; otherwise a batch of 64 or more is split over Python threads,
+        32 sequences or more each, BLAS on one thread meanwhile. None:
+        ``fit`` on one thread, ``predict`` on as many as BLAS may use; -1: all
+        cores, -2: all but one, and so on. Results do not depend on it beyond
+        float rounding.
 """
 
 _INIT_DOC = """
@@ -168,9 +172,10 @@ _INIT_DOC = """
     matrix products, for which a second thread costs more than it saves (on a
     busy machine, up to 100 times more); ``n_jobs`` splits each batch over
     threads instead. predict may be called from several threads at once. While
-    a batch is split over threads (in fit with ``n_jobs``, or in predict of 64
-    sequences or more), BLAS is set to one thread for the whole process and
-    restored afterwards (see :func:`fastrnn._config.single_threaded_blas`).
+    a batch is split over Python threads (float64, or a backend other than
+    Cython, in fit with ``n_jobs`` or in predict of 64 sequences or more),
+    BLAS is set to one thread for the whole process and restored afterwards
+    (see :func:`fastrnn._config.single_threaded_blas`).
 
     Divergence: if the loss, a gradient or a weight becomes NaN or infinite
     during training (a far too large learning rate, unscaled targets), the

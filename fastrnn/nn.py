@@ -431,8 +431,9 @@ class _RNNBase:
         """Whether this layer's calls over ``B`` samples run whole on the
         calling thread, each kernel splitting its samples' rows with the Cython
         extension's helper thread (float32 on the panels, enough samples, two
-        threads or more allowed), rather than split the batch over Python
-        threads (:func:`_batch_parts`).
+        threads or more allowed, but no more than two slices' worth of
+        samples for them), rather than split the batch over Python threads
+        (:func:`_batch_parts`).
 
         The batch slices run whole layers on Python threads, which hand the
         GIL back and forth around every NumPy call and kernel; on these virtual
@@ -449,9 +450,11 @@ class _RNNBase:
         kernels = _kernels.get_kernels(self.backend)
         # (the thread count last: reading BLAS's costs microseconds, which
         # showed at S1, whose one sample never splits)
+        # The helper is one thread: where more are allowed and the batch is
+        # large enough for three slices or more, the slices go further.
         return (bool(getattr(kernels, "HAS_ROW_SPLIT", False))
                 and B >= kernels.row_split_min_rows() and kernels.panel_products()
-                and _config.available_threads() > 1)
+                and _config.available_threads() > 1 and _config.batch_threads(B) <= 2)
 
     def _dropout_masks(self, T, B):
         """Per layer, the inverted-dropout mask on its input (T, B, F), or None:

@@ -725,3 +725,84 @@ def test_backward_misuse_is_rejected():
 def test_bad_constructor_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LSTM(**kwargs)
+
+
+@pytest.fixture
+def cython_row_split():
+    """The Cython kernels, with small calls split over their helper thread."""
+    if "cython" not in BACKENDS:
+        pytest.skip("SKIPPED LOUDLY: the Cython extension is not built")
+    from fastrnn._kernels import get_kernels
+
+    kern = get_kernels("cython")
+    if not (kern.HAS_ROW_SPLIT and kern.panel_products()):
+        pytest.skip("SKIPPED LOUDLY: no helper thread or no AVX-512 panels here")
+    bounds = kern._set_split_bounds(2, 0)
+    try:
+        yield kern
+    finally:
+        kern._set_split_bounds(*bounds)
+
+
+@pytest.mark.parametrize("name,cls,opts", CELLS, ids=[c[0] for c in CELLS])
+def test_kernel_row_split_trains_as_one_thread(monkeypatch, cython_row_split, name, cls,
+                                               opts):
+    """float32 layers whose kernels split their rows with the helper thread
+    (two bidirectional layers, dropout, ragged lengths, the input gradient
+    through the split's own product) give what one thread gives, outputs and
+    every gradient, to float32 rounding; and they did split."""
+    import fastrnn._config as config
+    import fastrnn.nn as nn_module
+
+    rng = np.random.default_rng(8)
+    T, B = 7, 12
+    x = rng.standard_normal((T, B, 3)).astype(np.float32)
+    lengths = random_lengths(rng, B, T)
+    layers = [make_layer(cls, opts, num_layers=2, bidirectional=True, dropout=0.3,
+                         dtype=np.float32, backend="cython", random_state=7)
+              for _ in range(2)]
+    hx = _initial_state(cls, layers[0], B, rng)
+    splits = []
+    map_parts = nn_module._map_parts
+
+    def spy(fn, items, split_rows=False):
+        splits.append(split_rows)
+        return map_parts(fn, items, split_rows)
+
+    monkeypatch.setattr(nn_module, "_map_parts", spy)
+    weights = None
+    results = []
+    for layer, n in zip(layers, [1, 2]):
+        with config.thread_limit(n):
+            out, h_n = layer(x, hx, lengths=lengths)
+            weights = weights or _loss_weights(rng, out, h_n)
+            grad_x, grad_hx = layer.backward(*weights)
+        results.append((out, h_n, grad_x, grad_hx, layer.grads))
+    assert splits == [False, False, True, True]
+    want, got = results
+    flat = [[a for item in r[:4] for a in (item if isinstance(item, tuple) else (item,))]
+            for r in results]
+    for u, v in zip(*flat):
+        np.testing.assert_allclose(v, u, rtol=2e-4, atol=2e-5)
+    for k in want[4]:
+        np.testing.assert_allclose(got[4][k], want[4][k], rtol=2e-4, atol=2e-5, err_msg=k)
+
+
+def test_kernel_row_split_or_batch_slices(cython_row_split):
+    """Which way a float32 Cython layer splits: its kernels' rows where the
+    batch would make at most two slices (any batch on two threads, a small one
+    on more), the batch over Python threads where it makes three or more
+    (the helper is one thread), neither on one thread or in float64."""
+    import fastrnn._config as config
+
+    layer = LSTM(3, 4, backend="cython")
+    with config.layer_threads(2):
+        assert layer._splits_rows(256) and layer._splits_rows(16)
+        assert not layer._splits_rows(3)  # fewer than the split's minimum
+    with config.layer_threads(4):
+        assert layer._splits_rows(64) and not layer._splits_rows(128)
+    with config.layer_threads(1):
+        assert not layer._splits_rows(256)
+    with config.layer_threads(2):
+        assert not LSTM(3, 4, backend="cython", dtype=np.float64)._splits_rows(256)
+        assert not LSTM(3, 4, backend="reference")._splits_rows(256)
