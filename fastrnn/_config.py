@@ -143,19 +143,22 @@ def layer_threads(n):
         _layer_threads.reset(token)
 
 
-def batch_threads(batch_size):
+def batch_threads(batch_size, threads=None):
     """Threads a layer's forward (and backward) of ``batch_size`` samples is split over.
 
-    As set by :func:`layer_threads` (the estimators' ``n_jobs``), else as many
-    as BLAS may use (the process's setting: ``OPENBLAS_NUM_THREADS``,
-    threadpoolctl, :class:`thread_limit`), at most one per
+    ``threads`` (:func:`available_threads` when None: as set by
+    :func:`layer_threads`, the estimators' ``n_jobs``, else as many as BLAS
+    may use, the process's setting: ``OPENBLAS_NUM_THREADS``, threadpoolctl,
+    :class:`thread_limit`), at most one per
     ``MIN_SAMPLES_PER_THREAD`` samples. While one split forward runs, BLAS is on
     one thread, so a forward started meanwhile from another thread runs whole
     rather than oversubscribing the cores.
     """
     if batch_size < 2 * MIN_SAMPLES_PER_THREAD:
         return 1
-    return max(1, min(available_threads(), batch_size // MIN_SAMPLES_PER_THREAD))
+    if threads is None:
+        threads = available_threads()
+    return max(1, min(threads, batch_size // MIN_SAMPLES_PER_THREAD))
 
 
 def available_threads():

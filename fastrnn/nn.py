@@ -123,11 +123,12 @@ def _join(parts, index=None):
 
 def _batch_parts(B, lengths=None, split_rows=False):
     """The batch in parts, one per thread: several only for a large batch
-    (see :func:`fastrnn._config.batch_threads`), and none where the kernels
-    split their rows themselves (``split_rows``, see :func:`_map_parts`). Slices, which the kernels
-    read and write in place in eval mode; but for ragged ``lengths`` (not all
-    equal), int64 arrays of sample positions, gathered and placed back: every n-th sample in order
-    of length, so that the threads get about the same number of steps and
+    (see :func:`fastrnn._config.batch_threads`), and one where the kernels
+    split their rows themselves (``split_rows``, see :func:`_map_parts`).
+    Slices, which the kernels read and write in place in eval mode; but for
+    ragged ``lengths`` (not all equal), int64 arrays of sample positions,
+    gathered and placed back: every n-th sample in order of length, so that
+    the threads get about the same number of steps and
     each part comes sorted (contiguous halves of S7's batch held 1,579 and
     1,780 steps, dealt by length 1,703 and 1,656)."""
     n = 1 if split_rows else _config.batch_threads(B)
@@ -448,13 +449,15 @@ class _RNNBase:
         if self.dtype != np.float32 or B < 2:
             return False
         kernels = _kernels.get_kernels(self.backend)
-        # (the thread count last: reading BLAS's costs microseconds, which
-        # showed at S1, whose one sample never splits)
-        # The helper is one thread: where more are allowed and the batch is
-        # large enough for three slices or more, the slices go further.
-        return (bool(getattr(kernels, "HAS_ROW_SPLIT", False))
-                and B >= kernels.row_split_min_rows() and kernels.panel_products()
-                and _config.available_threads() > 1 and _config.batch_threads(B) <= 2)
+        if not (getattr(kernels, "HAS_ROW_SPLIT", False)
+                and B >= kernels.row_split_min_rows() and kernels.panel_products()):
+            return False
+        # The thread count last: reading BLAS's costs microseconds, which
+        # showed at S1, whose one sample never splits. The helper is one
+        # thread: where more are allowed and the batch is large enough for
+        # three slices or more, the slices go further.
+        n = _config.available_threads()
+        return n > 1 and _config.batch_threads(B, n) <= 2
 
     def _dropout_masks(self, T, B):
         """Per layer, the inverted-dropout mask on its input (T, B, F), or None:
